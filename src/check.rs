@@ -1,0 +1,31 @@
+//! `dctunnel check`: loads a configuration exactly as `run` would, without
+//! binding anything, and says what it would run or everything that is wrong.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config;
+
+pub fn main(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK, {} service(s)",
+                path.display(),
+                config.services.len()
+            );
+            for s in &config.services {
+                let d = config::describe(s);
+                println!(
+                    "  {:<20} {:<6} {} -> {}  sources: {}  peers: {}",
+                    s.name, d["mode"], s.listen, d["connect"], d["sources"], d["peers"]
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dctunnel check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

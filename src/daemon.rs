@@ -1,0 +1,343 @@
+//! The running daemon: starts every service of a configuration, applies a
+//! new configuration to the running services (reload), and stops them
+//! gracefully. `main` wires it to signals for the binary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, Service};
+use crate::service::{self, Serve, ServiceState};
+
+/// A running set of services.
+pub struct Daemon {
+    services: BTreeMap<String, Running>,
+    tracker: TaskTracker,
+    close_all: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+struct Running {
+    settings: watch::Sender<Arc<Service>>,
+    stop_accepting: CancellationToken,
+    /// Closes this service's open connections.
+    close: CancellationToken,
+    state: Arc<ServiceState>,
+    local_addr: SocketAddr,
+}
+
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("service {service:?}: listen: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// What a reload did to one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Kept,
+    /// Same listener, new settings or files for new connections.
+    Updated,
+    Moved {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
+    Removed,
+    Added,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Kept => f.write_str("kept"),
+            Change::Updated => f.write_str("updated"),
+            Change::Moved { .. } => f.write_str("moved"),
+            Change::Removed => f.write_str("removed"),
+            Change::Added => f.write_str("added"),
+        }
+    }
+}
+
+impl Daemon {
+    /// Binds every listener, then starts accepting. If any listener cannot
+    /// be bound, none is kept.
+    pub fn start(config: Config) -> Result<Daemon, BindError> {
+        let mut daemon = Daemon {
+            services: BTreeMap::new(),
+            tracker: TaskTracker::new(),
+            close_all: CancellationToken::new(),
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        let mut bound = Vec::new();
+        for s in &config.services {
+            bound.push((s.clone(), bind(s)?));
+        }
+        for (service, listener) in bound {
+            let addr = listener.local_addr().unwrap_or(service.listen);
+            info!(service = %service.name, mode = %service.mode(), listen = %addr,
+                connect = %config::describe(&service)["connect"], "service listening");
+            daemon.launch(service, listener, Arc::new(ServiceState::default()));
+        }
+        Ok(daemon)
+    }
+
+    fn launch(
+        &mut self,
+        service: Arc<Service>,
+        listener: tokio::net::TcpListener,
+        state: Arc<ServiceState>,
+    ) {
+        let local_addr = listener.local_addr().unwrap_or(service.listen);
+        let (settings, rx) = watch::channel(service.clone());
+        let stop_accepting = CancellationToken::new();
+        let close = self.close_all.child_token();
+        self.tracker.spawn(service::accept_loop(Serve {
+            listener,
+            settings: rx,
+            state: state.clone(),
+            stop_accepting: stop_accepting.clone(),
+            close_all: close.clone(),
+            tracker: self.tracker.clone(),
+        }));
+        self.services.insert(
+            service.name.clone(),
+            Running {
+                settings,
+                stop_accepting,
+                close,
+                state,
+                local_addr,
+            },
+        );
+    }
+
+    /// The address a service listens on (useful with port 0).
+    pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
+        self.services.get(service).map(|r| r.local_addr)
+    }
+
+    /// The live counters and connections of a service.
+    pub fn state(&self, service: &str) -> Option<Arc<ServiceState>> {
+        self.services.get(service).map(|r| r.state.clone())
+    }
+
+    /// Names of the running services.
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// Current settings of a service.
+    pub fn settings(&self, service: &str) -> Option<Arc<Service>> {
+        self.services
+            .get(service)
+            .map(|r| r.settings.borrow().clone())
+    }
+
+    /// Applies a new, already checked configuration. New listeners are
+    /// bound first: if one fails, nothing changes. Open connections are
+    /// never touched, except those of a removed service, which are closed
+    /// once the shutdown timeout has passed.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<(String, Change)>, BindError> {
+        // Bind everything new before changing anything.
+        let mut fresh = BTreeMap::new();
+        for s in &config.services {
+            let needs_socket = match self.services.get(&s.name) {
+                None => true,
+                Some(r) => r.settings.borrow().listen != s.listen,
+            };
+            if needs_socket {
+                fresh.insert(s.name.clone(), bind(s)?);
+            }
+        }
+        let mut report = Vec::new();
+        for s in &config.services {
+            let change = match (self.services.get(&s.name), fresh.remove(&s.name)) {
+                (None, Some(listener)) => {
+                    self.launch(s.clone(), listener, Arc::new(ServiceState::default()));
+                    Change::Added
+                }
+                (Some(old), Some(listener)) => {
+                    let from = old.local_addr;
+                    old.stop_accepting.cancel();
+                    let state = old.state.clone();
+                    let old_close = old.close.clone();
+                    self.launch(s.clone(), listener, state);
+                    // Connections accepted on the old socket drain; they
+                    // still close with everything else at shutdown.
+                    let running = &self.services[&s.name];
+                    let new_close = running.close.clone();
+                    tokio::spawn(async move {
+                        new_close.cancelled().await;
+                        old_close.cancel();
+                    });
+                    Change::Moved {
+                        from,
+                        to: self.services[&s.name].local_addr,
+                    }
+                }
+                (Some(old), None) => {
+                    if old.settings.borrow().fingerprint == s.fingerprint {
+                        Change::Kept
+                    } else {
+                        old.settings.send_replace(s.clone());
+                        Change::Updated
+                    }
+                }
+                (None, None) => continue, // unreachable: every new service was bound above
+            };
+            report.push((s.name.clone(), change));
+        }
+        let keep: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let removed: Vec<String> = self
+            .services
+            .keys()
+            .filter(|n| !keep.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = self.services.remove(&name) {
+                old.stop_accepting.cancel();
+                let close = old.close.clone();
+                let deadline = self.shutdown_timeout;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(deadline) => close.cancel(),
+                        () = close.cancelled() => {}
+                    }
+                });
+                report.push((name, Change::Removed));
+            }
+        }
+        self.shutdown_timeout = config.shutdown_timeout;
+        Ok(report)
+    }
+
+    /// Stops accepting at once, lets open connections finish for up to the
+    /// shutdown timeout, then closes what is left.
+    pub async fn shutdown(self) {
+        for r in self.services.values() {
+            r.stop_accepting.cancel();
+        }
+        self.tracker.close();
+        let open: usize = self.services.values().map(|r| r.state.active()).sum();
+        if open > 0 {
+            info!(open, timeout = ?self.shutdown_timeout, "stopping: waiting for open connections to finish");
+        }
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let open: usize = self.services.values().map(|r| r.state.active()).sum();
+            warn!(
+                open,
+                "shutdown timeout reached; closing the remaining connections"
+            );
+            self.close_all.cancel();
+            self.tracker.wait().await;
+        }
+        info!("stopped");
+    }
+}
+
+fn bind(s: &Service) -> Result<tokio::net::TcpListener, BindError> {
+    service::bind(s.listen).map_err(|source| BindError {
+        service: s.name.clone(),
+        addr: s.listen,
+        source,
+    })
+}
+
+/// `dctunnel run`: loads the configuration, runs until SIGTERM or SIGINT,
+/// reloads on SIGHUP.
+pub fn main(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_until_signalled(path, config))
+}
+
+async fn run_until_signalled(path: &Path, config: Config) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let count = config.services.len();
+    let mut daemon = match Daemon::start(config) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(services = count, config = %path.display(), "ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received: stopping"); break }
+            _ = int.recv() => { info!("SIGINT received: stopping"); break }
+            _ = hup.recv() => reload(&mut daemon, path),
+        }
+    }
+    daemon.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Re-reads the configuration and applies it, or keeps everything as it is
+/// and says why.
+pub fn reload(daemon: &mut Daemon, path: &Path) {
+    info!(config = %path.display(), "reloading");
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("reload refused, running configuration kept: {e}");
+            return;
+        }
+    };
+    match daemon.reload(config) {
+        Ok(report) => {
+            for (service, change) in &report {
+                match change {
+                    Change::Moved { from, to } => {
+                        info!(service, change = %change, %from, %to, "reload: service moved")
+                    }
+                    _ => info!(service, change = %change, "reload: service {change}"),
+                }
+            }
+            info!(services = daemon.services.len(), "reload done");
+        }
+        Err(e) => error!("reload refused, running configuration kept: {e}"),
+    }
+}

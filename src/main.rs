@@ -1,0 +1,59 @@
+//! The `dctunnel` binary: parses the command line, sets up logging and hands
+//! over to the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dctunnel::logging::LogFormat;
+
+/// Carries plaintext TCP services between hosts inside mutual TLS.
+#[derive(Parser, Debug)]
+#[command(name = "dctunnel", version, about)]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every service of the configuration file.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = dctunnel::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Load and validate the configuration (files, certificates, rules)
+    /// without binding any port.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = dctunnel::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    // CERTS-WIRING: /// Create CAs, host certificates and pinned keys; show certificates.
+    // CERTS-WIRING: #[command(subcommand)]
+    // CERTS-WIRING: Certs(dctunnel::certs::CertsCommand),
+    // IMPORT-WIRING: /// Translate a stunnel configuration into dctunnel's TOML.
+    // IMPORT-WIRING: ImportStunnel(dctunnel::stunnel::ImportArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            if let Err(e) = dctunnel::logging::init(cli.log_format) {
+                eprintln!("dctunnel: {e}");
+                return ExitCode::FAILURE;
+            }
+            dctunnel::daemon::main(&config)
+        }
+        Command::Check { config } => dctunnel::check::main(&config),
+        // CERTS-WIRING: Command::Certs(cmd) => dctunnel::certs::main(cmd),
+        // IMPORT-WIRING: Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
+    }
+}

@@ -1,0 +1,464 @@
+//! One service at run time: its accept loop, the live record of its open
+//! connections (for limits and for operators), and what happens to each
+//! connection from accept to close.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{canonical_ip, Host, Role, Service, Target};
+use crate::proxy::{self, End, Meter};
+use crate::tls;
+
+/// Why a connection was turned away before any byte was forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    SourceNotAllowed,
+    LimitReached,
+    HandshakeTimeout,
+    HandshakeFailed,
+    PeerNotAllowed,
+    BackendConnectFailed,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::SourceNotAllowed,
+        Rejection::LimitReached,
+        Rejection::HandshakeTimeout,
+        Rejection::HandshakeFailed,
+        Rejection::PeerNotAllowed,
+        Rejection::BackendConnectFailed,
+    ];
+
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::SourceNotAllowed => "source_not_allowed",
+            Rejection::LimitReached => "limit_reached",
+            Rejection::HandshakeTimeout => "handshake_timeout",
+            Rejection::HandshakeFailed => "handshake_failed",
+            Rejection::PeerNotAllowed => "peer_not_allowed",
+            Rejection::BackendConnectFailed => "connect_failed",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the daemon knows about one open connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub source: SocketAddr,
+    pub started: SystemTime,
+    pub meter: Meter,
+    /// The verified identity of the TLS peer, once the handshake is done.
+    pub peer: OnceLock<String>,
+    /// The address the connection was forwarded to.
+    pub remote: OnceLock<SocketAddr>,
+}
+
+/// Counters and open connections of one service; outlives reloads that
+/// keep the service.
+#[derive(Debug, Default)]
+pub struct ServiceState {
+    inner: Mutex<Open>,
+    next_id: AtomicU64,
+    pub accepted: AtomicU64,
+    rejected: [AtomicU64; 6],
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    conns: HashMap<u64, Arc<ConnInfo>>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl ServiceState {
+    pub fn rejected(&self, r: Rejection) -> u64 {
+        self.rejected[r as usize].load(Ordering::Relaxed)
+    }
+
+    fn reject(&self, r: Rejection) {
+        self.rejected[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections are open now.
+    pub fn active(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// A snapshot of the open connections.
+    pub fn connections(&self) -> Vec<Arc<ConnInfo>> {
+        let mut v: Vec<_> = self.lock().conns.values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        // A panic while holding this lock cannot leave the maps half
+        // updated (each update is one insert or remove), so a poisoned
+        // lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a new connection, or says which limit is reached.
+    fn admit(self: &Arc<Self>, service: &Service, source: SocketAddr) -> Option<ConnGuard> {
+        let ip = canonical_ip(source.ip());
+        let mut open = self.lock();
+        if service
+            .max_connections
+            .is_some_and(|max| open.conns.len() >= max)
+        {
+            return None;
+        }
+        let from_source = open.per_source.get(&ip).copied().unwrap_or(0);
+        if service
+            .max_connections_per_source
+            .is_some_and(|max| from_source >= max)
+        {
+            return None;
+        }
+        let info = Arc::new(ConnInfo {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            source,
+            started: SystemTime::now(),
+            meter: Meter::new(),
+            peer: OnceLock::new(),
+            remote: OnceLock::new(),
+        });
+        open.conns.insert(info.id, info.clone());
+        *open.per_source.entry(ip).or_insert(0) += 1;
+        Some(ConnGuard {
+            state: self.clone(),
+            info,
+        })
+    }
+}
+
+/// A connection's place in its service; freed when dropped.
+struct ConnGuard {
+    state: Arc<ServiceState>,
+    info: Arc<ConnInfo>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = self.state.lock();
+        open.conns.remove(&self.info.id);
+        let ip = canonical_ip(self.info.source.ip());
+        if let Some(n) = open.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_source.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Binds a service's listening socket.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Everything an accept loop needs.
+pub struct Serve {
+    pub listener: TcpListener,
+    /// The service's current settings; a reload may replace them.
+    pub settings: watch::Receiver<Arc<Service>>,
+    pub state: Arc<ServiceState>,
+    /// Cancelled to stop accepting (stop, or the service was removed or
+    /// moved); open connections go on.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled to close every open connection at once.
+    pub close_all: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Accepts connections until `stop_accepting`; each runs in its own task.
+pub async fn accept_loop(serve: Serve) {
+    let Serve {
+        listener,
+        settings,
+        state,
+        stop_accepting,
+        close_all,
+        tracker,
+    } = serve;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop_accepting.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, source) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE/ENFILE and the like: the pending connection stays
+                // in the backlog, so retrying at once would spin.
+                let service = settings.borrow().name.clone();
+                warn!(service, error = %e, "accept failed; pausing 100ms");
+                tokio::select! {
+                    () = stop_accepting.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let service = settings.borrow().clone();
+        if !service.source_allowed(source.ip()) {
+            info!(service = %service.name, %source, "connection refused: source not in allow_sources");
+            state.reject(Rejection::SourceNotAllowed);
+            continue;
+        }
+        let Some(guard) = state.admit(&service, source) else {
+            info!(service = %service.name, %source, active = state.active(),
+                max_connections = service.max_connections,
+                max_connections_per_source = service.max_connections_per_source,
+                "connection refused: connection limit reached");
+            state.reject(Rejection::LimitReached);
+            continue;
+        };
+        state.accepted.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "conn",
+            service = %service.name,
+            %source,
+            peer = tracing::field::Empty,
+        );
+        let close_all = close_all.clone();
+        tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = handle(tcp, &service, &guard) => {}
+                    () = close_all.cancelled() => {
+                        let m = &guard.info.meter;
+                        info!(up = m.up(), down = m.down(), duration = ?m.elapsed(),
+                            "connection closed: shutdown deadline reached");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
+    set_socket_options(&tcp);
+    match &service.role {
+        Role::Server { tls, peers } => {
+            let handshake = TlsAcceptor::from(tls.clone()).accept(tcp);
+            let tls = match timeout(service.handshake_timeout, handshake).await {
+                Err(_) => {
+                    return refuse(
+                        guard,
+                        Rejection::HandshakeTimeout,
+                        "no TLS handshake within handshake_timeout",
+                    )
+                }
+                Ok(Err(e)) => {
+                    return refuse(
+                        guard,
+                        handshake_rejection(&e),
+                        &format!("TLS handshake failed: {e}"),
+                    )
+                }
+                Ok(Ok(s)) => s,
+            };
+            let ids = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(tls::identities)
+                .unwrap_or_default();
+            let peer = ids.join(",");
+            tracing::Span::current().record("peer", &peer);
+            // The verifier already checked this; a resumed session skips
+            // the verifier, so check again against the current list.
+            if !peers.allows(&ids) {
+                return refuse(
+                    guard,
+                    Rejection::PeerNotAllowed,
+                    "peer identity not in allow_peers",
+                );
+            }
+            let _ = guard.info.peer.set(peer);
+            let backend = match connect_any(&service.connect, service.connect_timeout).await {
+                Ok(b) => b,
+                Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
+            };
+            if let Ok(addr) = backend.peer_addr() {
+                let _ = guard.info.remote.set(addr);
+            }
+            forward(tls, backend, service, guard).await;
+        }
+        Role::Client { tls, server_name } => {
+            let remote = match connect_any(&service.connect, service.connect_timeout).await {
+                Ok(r) => r,
+                Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
+            };
+            if let Ok(addr) = remote.peer_addr() {
+                let _ = guard.info.remote.set(addr);
+            }
+            let handshake = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);
+            let tls = match timeout(service.handshake_timeout, handshake).await {
+                Err(_) => {
+                    return refuse(
+                        guard,
+                        Rejection::HandshakeTimeout,
+                        "no TLS handshake with the remote within handshake_timeout",
+                    )
+                }
+                Ok(Err(e)) => {
+                    return refuse(
+                        guard,
+                        handshake_rejection(&e),
+                        &format!("TLS handshake with the remote failed: {e}"),
+                    )
+                }
+                Ok(Ok(s)) => s,
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| tls::identities(c).join(","))
+                .unwrap_or_default();
+            tracing::Span::current().record("peer", &peer);
+            let _ = guard.info.peer.set(peer);
+            forward(tcp, tls, service, guard).await;
+        }
+    }
+}
+
+fn refuse(guard: &ConnGuard, why: Rejection, message: &str) {
+    guard.state.reject(why);
+    match why {
+        Rejection::BackendConnectFailed => warn!(reason = %why, "connection closed: {message}"),
+        _ => info!(reason = %why, "connection refused: {message}"),
+    }
+}
+
+/// Tells a refused identity apart from other handshake failures.
+fn handshake_rejection(e: &io::Error) -> Rejection {
+    let refused = rustls::Error::InvalidCertificate(tls::IDENTITY_REFUSED);
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(inner) if *inner == refused => Rejection::PeerNotAllowed,
+        _ => Rejection::HandshakeFailed,
+    }
+}
+
+async fn forward<A, B>(client: A, other: B, service: &Service, guard: &ConnGuard)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let meter = &guard.info.meter;
+    debug!(remote = ?guard.info.remote.get(), "connection open");
+    let end = proxy::pipe(client, other, meter, service.idle_timeout).await;
+    let (up, down, duration) = (meter.up(), meter.down(), meter.elapsed());
+    match end {
+        End::Finished => debug!(
+            up,
+            down,
+            ?duration,
+            "connection closed: both sides finished"
+        ),
+        End::Idle(idle) => info!(up, down, ?duration, "connection closed: idle for {idle:?}"),
+        End::Error(e) if is_ordinary(&e) => {
+            debug!(up, down, ?duration, error = %e, "connection closed by a peer")
+        }
+        End::Error(e) => info!(up, down, ?duration, error = %e, "connection closed on error"),
+    }
+}
+
+/// Resets, broken pipes and TCP closes without close_notify are how
+/// connections usually end; they are not worth an operator's attention.
+fn is_ordinary(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+fn set_socket_options(tcp: &TcpStream) {
+    // Interactive protocols (Redis, MongoDB) want every small write sent
+    // at once; keepalive finds peers that vanished from idle pools.
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// Connects to the first target that answers. A DNS name is resolved now
+/// (not at start), and each of its addresses is tried in turn, each within
+/// `each_timeout`.
+async fn connect_any(targets: &[Target], each_timeout: Duration) -> Result<TcpStream, String> {
+    let mut failures = Vec::new();
+    for target in targets {
+        let addrs: Vec<SocketAddr> = match &target.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+            Host::Name(name) => {
+                match timeout(
+                    each_timeout,
+                    tokio::net::lookup_host((name.as_str(), target.port)),
+                )
+                .await
+                {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(e)) => {
+                        failures.push(format!("{target}: cannot resolve: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        failures.push(format!("{target}: name resolution timed out"));
+                        continue;
+                    }
+                }
+            }
+        };
+        for addr in addrs {
+            match timeout(each_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    set_socket_options(&s);
+                    return Ok(s);
+                }
+                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+                Err(_) => failures.push(format!("{addr}: no answer within {each_timeout:?}")),
+            }
+        }
+    }
+    Err(format!("cannot connect to {}", failures.join("; ")))
+}

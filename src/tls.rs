@@ -1,0 +1,570 @@
+//! Builds the rustls configurations of a service from its files, and checks
+//! who the peer is: chain to the CA (with CRLs), key pins, and the
+//! service's list of allowed identities.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use sha2::Digest as _;
+
+/// The TLS-related settings of one service, as paths and flags.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub peer_pins: Vec<String>,
+    pub tls12: bool,
+    pub resumption: bool,
+}
+
+impl TlsFiles {
+    pub fn all_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = [&self.ca, &self.cert, &self.key]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        v.extend(self.crl.iter().cloned());
+        v
+    }
+}
+
+/// A problem with a service's TLS material; `field` is the configuration
+/// key to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TlsError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn err(field: &'static str, message: impl Into<String>) -> TlsError {
+    TlsError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Which peer identities a server-mode service lets in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPolicy {
+    /// `allow_peers = ["*"]`: any certificate the CA signed (or any pinned key).
+    Any,
+    /// Names matched against the certificate's DNS SANs, or its CN when it
+    /// has no SAN. `*.example.org` matches exactly one leading label.
+    Names(Vec<String>),
+}
+
+impl PeerPolicy {
+    pub fn parse(list: &[String]) -> Result<PeerPolicy, String> {
+        if list.is_empty() {
+            return Err("is empty, which would refuse every peer; list names, or [\"*\"] for any certificate the CA signed".into());
+        }
+        if list.iter().any(|n| n == "*") {
+            if list.len() > 1 {
+                return Err("\"*\" accepts every peer, so it cannot be combined with names".into());
+            }
+            return Ok(PeerPolicy::Any);
+        }
+        let mut names = Vec::new();
+        for n in list {
+            let bare = n.strip_prefix("*.").unwrap_or(n);
+            if bare.is_empty() || bare.contains('*') || bare.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{n:?} is not a name; write \"host.example.org\", \"*.example.org\" or \"*\""
+                ));
+            }
+            names.push(n.to_ascii_lowercase());
+        }
+        Ok(PeerPolicy::Names(names))
+    }
+
+    /// Whether a peer presenting `identities` may use the service.
+    pub fn allows(&self, identities: &[String]) -> bool {
+        match self {
+            PeerPolicy::Any => true,
+            PeerPolicy::Names(patterns) => patterns.iter().any(|p| {
+                identities.iter().any(|id| {
+                    let id = id.to_ascii_lowercase();
+                    match p.strip_prefix("*.") {
+                        Some(suffix) => id
+                            .split_once('.')
+                            .is_some_and(|(label, rest)| rest == suffix && label != "*"),
+                        None => &id == p,
+                    }
+                })
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PeerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerPolicy::Any => f.write_str("any certificate the CA signed"),
+            PeerPolicy::Names(n) => f.write_str(&n.join(", ")),
+        }
+    }
+}
+
+/// The names a certificate proves: its DNS SANs, or its CN when it has no
+/// SAN extension at all. Empty if the certificate does not parse.
+pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(cert.as_ref()) else {
+        return Vec::new();
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        return san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect();
+    }
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect()
+}
+
+/// The key pin of a certificate: `sha256/` and the base64 of the SHA-256 of
+/// its SubjectPublicKeyInfo (the form of HPKP and ghostunnel).
+pub fn spki_pin(cert: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Some(format!(
+        "sha256/{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    ))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls12 {
+        rustls::ALL_VERSIONS
+    } else {
+        TLS13_ONLY
+    }
+}
+
+/// Builds the configuration of a server-mode service: our certificate, and
+/// a client verifier that demands a certificate, checks it against the CA
+/// and CRLs and/or the pins, then against `peers`.
+pub fn server_config(
+    files: &TlsFiles,
+    peers: Arc<PeerPolicy>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let (chain, key) = own_identity(files)?;
+    let trust = Trust::load(files)?;
+    let webpki = match &trust.roots {
+        Some(roots) => Some(
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .with_crls(trust.crls.clone())
+                .build()
+                .map_err(|e| err("ca", format!("cannot build a verifier: {e}")))?,
+        ),
+        None => None,
+    };
+    let verifier = PeerVerifier {
+        webpki_client: webpki,
+        webpki_server: None,
+        pins: trust.pins,
+        peers,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))
+        .map_err(|e| err("tls12", e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .map_err(|e| err("key", format!("does not match the certificate: {e}")))?;
+    if files.resumption {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| err("cert", format!("cannot set up session tickets: {e}")))?;
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(config))
+}
+
+/// Builds the configuration of a client-mode service: our certificate for
+/// client authentication, and a server verifier (CA and CRLs, and/or pins).
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let (chain, key) = own_identity(files)?;
+    let trust = Trust::load(files)?;
+    let webpki = match &trust.roots {
+        Some(roots) => Some(
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .with_crls(trust.crls.clone())
+                .build()
+                .map_err(|e| err("ca", format!("cannot build a verifier: {e}")))?,
+        ),
+        None => None,
+    };
+    let verifier = PeerVerifier {
+        webpki_client: None,
+        webpki_server: webpki,
+        pins: trust.pins,
+        peers: Arc::new(PeerPolicy::Any),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))
+        .map_err(|e| err("tls12", e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| err("key", format!("does not match the certificate: {e}")))?;
+    if !files.resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+struct Trust {
+    roots: Option<Arc<RootCertStore>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    pins: Vec<String>,
+}
+
+impl Trust {
+    fn load(files: &TlsFiles) -> Result<Trust, TlsError> {
+        let roots = match &files.ca {
+            None => None,
+            Some(path) => {
+                let certs = read_certs("ca", path)?;
+                let mut store = RootCertStore::empty();
+                for c in certs {
+                    store.add(c).map_err(|e| {
+                        err(
+                            "ca",
+                            format!("{}: not a usable CA certificate: {e}", path.display()),
+                        )
+                    })?;
+                }
+                Some(Arc::new(store))
+            }
+        };
+        let mut crls = Vec::new();
+        for path in &files.crl {
+            let bytes = read("crl", path)?;
+            let found: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| err("crl", format!("{}: bad PEM: {e}", path.display())))?;
+            if found.is_empty() {
+                return Err(err(
+                    "crl",
+                    format!("{}: no X509 CRL found in PEM", path.display()),
+                ));
+            }
+            crls.extend(found);
+        }
+        if !crls.is_empty() && roots.is_none() {
+            return Err(err(
+                "crl",
+                "needs ca: revocation lists apply to certificates checked against a CA",
+            ));
+        }
+        let mut pins = Vec::new();
+        for pin in &files.peer_pins {
+            let Some(b64) = pin.strip_prefix("sha256/") else {
+                return Err(err(
+                    "peer_pins",
+                    format!("{pin:?} must start with \"sha256/\" (see `dctunnel certs show`)"),
+                ));
+            };
+            match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(d) if d.len() == 32 => pins.push(pin.clone()),
+                _ => {
+                    return Err(err(
+                        "peer_pins",
+                        format!("{pin:?} is not sha256/ and 44 characters of base64"),
+                    ))
+                }
+            }
+        }
+        Ok(Trust { roots, crls, pins })
+    }
+}
+
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| err(field, format!("{}: cannot read: {e}", path.display())))
+}
+
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(field, path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(field, format!("{}: bad PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(err(
+            field,
+            format!("{}: no CERTIFICATE found in PEM", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Loads our certificate chain and private key; refuses a key that group or
+/// others can read, and a certificate that has expired.
+fn own_identity(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let (Some(cert_path), Some(key_path)) = (&files.cert, &files.key) else {
+        return Err(err("cert", "cert and key are both required"));
+    };
+    let chain = read_certs("cert", cert_path)?;
+    if let Some(problem) = validity_problem(&chain[0]) {
+        return Err(err("cert", format!("{}: {problem}", cert_path.display())));
+    }
+    let meta = std::fs::metadata(key_path)
+        .map_err(|e| err("key", format!("{}: cannot read: {e}", key_path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            "key",
+            format!(
+                "{} is readable by group or others (mode {mode:04o}); a private key must be private: \
+                 chmod 600 {}",
+                key_path.display(),
+                key_path.display()
+            ),
+        ));
+    }
+    let bytes = read("key", key_path)?;
+    // The parser's error names the PEM problem, never the key material.
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        err(
+            "key",
+            format!("{}: no usable private key: {e}", key_path.display()),
+        )
+    })?;
+    Ok((chain, key))
+}
+
+/// `Some(reason)` if the certificate is expired or not yet valid.
+pub fn validity_problem(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = match X509Certificate::from_der(cert.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("certificate does not parse: {e}")),
+    };
+    let validity = parsed.validity();
+    let now = ASN1Time::now();
+    if now > validity.not_after {
+        return Some(format!("certificate expired on {}", validity.not_after));
+    }
+    if now < validity.not_before {
+        return Some(format!(
+            "certificate is not valid before {}",
+            validity.not_before
+        ));
+    }
+    None
+}
+
+/// Verifies the peer in either direction: chain through webpki when a CA is
+/// configured, key pin when pins are, then (server side) the identity list.
+/// Signatures are always checked with the provider's algorithms, so a peer
+/// that shows a pinned certificate without its key cannot finish.
+struct PeerVerifier {
+    webpki_client: Option<Arc<dyn ClientCertVerifier>>,
+    webpki_server: Option<Arc<WebPkiServerVerifier>>,
+    pins: Vec<String>,
+    peers: Arc<PeerPolicy>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for PeerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerVerifier")
+            .field("pins", &self.pins)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+/// The reason a verifier gives when the peer's certificate is valid but its
+/// identity is not one the service accepts.
+pub const IDENTITY_REFUSED: CertificateError = CertificateError::ApplicationVerificationFailure;
+
+impl PeerVerifier {
+    /// Records who the peer claims to be in the connection's span, so that
+    /// a rejection log line shows the presented identity.
+    fn record(&self, end_entity: &CertificateDer<'_>) -> Vec<String> {
+        let ids = identities(end_entity);
+        tracing::Span::current().record("peer", tracing::field::display(ids.join(",")));
+        ids
+    }
+
+    fn check_pin_and_dates(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.pins.is_empty() {
+            return Ok(());
+        }
+        let pin = spki_pin(end_entity.as_ref()).ok_or(CertificateError::BadEncoding)?;
+        if !self.pins.contains(&pin) {
+            return Err(CertificateError::UnknownIssuer.into());
+        }
+        // Without a CA the chain check (which also checks dates) is skipped.
+        if self.webpki_client.is_none() && self.webpki_server.is_none() {
+            if let Some(problem) = validity_problem(end_entity) {
+                tracing::debug!(%problem, "pinned certificate refused");
+                return Err(CertificateError::Expired.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match &self.webpki_client {
+            Some(v) => v.root_hint_subjects(),
+            None => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ids = self.record(end_entity);
+        if let Some(v) = &self.webpki_client {
+            v.verify_client_cert(end_entity, intermediates, now)?;
+        }
+        self.check_pin_and_dates(end_entity)?;
+        if !self.peers.allows(&ids) {
+            return Err(IDENTITY_REFUSED.into());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.record(end_entity);
+        if let Some(v) = &self.webpki_server {
+            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        }
+        self.check_pin_and_dates(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn peer_policy() {
+        let p = PeerPolicy::parse(&names(&[
+            "ovh-stunnel-client.openfoodfacts.org",
+            "*.ovh.example",
+        ]))
+        .unwrap();
+        assert!(p.allows(&names(&["OVH-stunnel-client.openfoodfacts.org"])));
+        assert!(p.allows(&names(&["other", "a.ovh.example"])));
+        assert!(!p.allows(&names(&["a.b.ovh.example"])));
+        assert!(!p.allows(&names(&["ovh.example"])));
+        assert!(!p.allows(&names(&["*.ovh.example"])));
+        assert!(!p.allows(&names(&["off1.openfoodfacts.org"])));
+        assert!(!p.allows(&[]));
+        assert_eq!(PeerPolicy::parse(&names(&["*"])).unwrap(), PeerPolicy::Any);
+        assert!(PeerPolicy::parse(&[]).is_err());
+        assert!(PeerPolicy::parse(&names(&["*", "a"])).is_err());
+        assert!(PeerPolicy::parse(&names(&["a.*.b"])).is_err());
+    }
+}
