@@ -423,7 +423,12 @@ impl Context {
                 }
             }
             if let Some(service) = self.service(&label, merge(raw, &defaults)) {
-                if let Some(other) = listens.insert(service.listen, service.name.clone()) {
+                // Port 0 (any free port, for tests) never collides.
+                let dup = match service.listen.port() {
+                    0 => None,
+                    _ => listens.insert(service.listen, service.name.clone()),
+                };
+                if let Some(other) = dup {
                     self.problem(
                         Some(&service.name),
                         Some("listen"),

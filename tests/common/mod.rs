@@ -1,0 +1,346 @@
+//! Shared test fixtures: a private PKI made at test time, backends, and a
+//! daemon started in-process on port 0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dctunnel::config::{self, Config};
+use dctunnel::daemon::Daemon;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A throwaway CA whose files live in a temporary folder.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A host certificate and its key, as files.
+#[derive(Clone, Debug)]
+pub struct HostCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn write_private(path: &Path, contents: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, contents.as_bytes()).unwrap();
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, cert.pem()).unwrap();
+        Pki {
+            issuer: Issuer::new(params, key),
+            dir,
+            ca_pem,
+        }
+    }
+
+    /// A certificate for both roles, valid now, for `name` (DNS SAN) plus
+    /// localhost and 127.0.0.1.
+    pub fn issue(&self, name: &str) -> HostCert {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_with(
+            name,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+            true,
+        )
+    }
+
+    /// A certificate that expired yesterday.
+    pub fn issue_expired(&self, name: &str) -> HostCert {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_with(
+            name,
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+            true,
+        )
+    }
+
+    /// A certificate with no SAN at all: its identity is its CN.
+    pub fn issue_cn_only(&self, name: &str) -> HostCert {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_with(
+            name,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+            false,
+        )
+    }
+
+    fn issue_with(
+        &self,
+        name: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+        sans: bool,
+    ) -> HostCert {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if sans {
+            params.subject_alt_names = vec![
+                SanType::DnsName(name.try_into().unwrap()),
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            ];
+        }
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let unique = format!("{name}-{}", rand_suffix());
+        let cert_path = self.dir.path().join(format!("{unique}.pem"));
+        let key_path = self.dir.path().join(format!("{unique}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_private(&key_path, &key.serialize_pem());
+        HostCert {
+            cert: cert_path,
+            key: key_path,
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Writes `text` as a configuration file in a fresh folder and checks it.
+pub fn config(text: &str) -> (tempfile::TempDir, Result<Config, config::ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    std::fs::write(&path, text).unwrap();
+    let c = config::load(&path);
+    (dir, c)
+}
+
+/// An echo server: sends back what it reads, and half-closes after the
+/// client's EOF. Returns its address.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that speaks first: sends `banner`, then echoes.
+pub async fn banner_backend(banner: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                s.write_all(banner).await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// The two ends of a loopback tunnel: a client-mode service `plain` that
+/// forwards to a server-mode service `tls` that forwards to `backend`.
+pub struct Tunnel {
+    pub daemon: Daemon,
+    pub pki: Pki,
+    pub server_cert: HostCert,
+    pub client_cert: HostCert,
+    pub entrance: SocketAddr,
+    pub tls_port: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub const SERVER: &str = "server.test";
+pub const CLIENT: &str = "client.test";
+
+/// Options for [`tunnel`]; extra TOML lines go into each service.
+#[derive(Default)]
+pub struct TunnelOpts {
+    pub server_extra: String,
+    pub client_extra: String,
+    pub allow_peers: Option<String>,
+    pub daemon_extra: String,
+}
+
+/// Starts a daemon with both ends of a tunnel to `backend`. The server
+/// side must start first because the client side names its port.
+pub async fn tunnel(backend: SocketAddr, opts: TunnelOpts) -> Tunnel {
+    let pki = Pki::new("test CA");
+    let server_cert = pki.issue(SERVER);
+    let client_cert = pki.issue(CLIENT);
+    // The server side is bound on port 0 first, so that the client side
+    // can name its real port.
+    let server_side = format!(
+        r#"
+{daemon_extra}
+[[service]]
+name = "tls"
+mode = "server"
+listen = "127.0.0.1:0"
+connect = "{backend}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+allow_peers = {peers}
+{extra}
+"#,
+        daemon_extra = opts.daemon_extra,
+        ca = pki.ca_pem.display(),
+        cert = server_cert.cert.display(),
+        key = server_cert.key.display(),
+        peers = opts
+            .allow_peers
+            .clone()
+            .unwrap_or_else(|| format!("[\"{CLIENT}\"]")),
+        extra = opts.server_extra,
+    );
+    let (_d, c) = config(&server_side);
+    let mut daemon = Daemon::start(c.unwrap()).unwrap();
+    let tls_port = daemon.local_addr("tls").unwrap();
+    let full = format!(
+        r#"{server_side}
+[[service]]
+name = "plain"
+mode = "client"
+listen = "127.0.0.1:0"
+connect = "{tls_port}"
+server_name = "{SERVER}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+{extra}
+"#,
+        ca = pki.ca_pem.display(),
+        cert = client_cert.cert.display(),
+        key = client_cert.key.display(),
+        extra = opts.client_extra,
+    );
+    let (dir, c) = config(&full);
+    let changes = daemon.reload(c.unwrap()).unwrap();
+    assert!(changes.iter().any(|(n, _)| n == "plain"), "{changes:?}");
+    let entrance = daemon.local_addr("plain").unwrap();
+    Tunnel {
+        daemon,
+        pki,
+        server_cert,
+        client_cert,
+        entrance,
+        tls_port,
+        dir,
+    }
+}
+
+/// Sends `msg` and reads exactly as many bytes back.
+pub async fn roundtrip(stream: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    stream.write_all(msg).await.unwrap();
+    let mut buf = vec![0; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut buf))
+        .await
+        .expect("no reply within 10s")
+        .unwrap();
+    buf
+}
+
+/// Reads until EOF or error, within 10 s; returns what was read and
+/// whether it ended with EOF (true) or an error (false).
+pub async fn read_to_end(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("connection still open after 10s");
+    (buf, r.is_ok())
+}
+
+/// A TLS client config presenting `me` and trusting `ca`.
+pub fn tls_client(ca: &Path, me: Option<&HostCert>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match me {
+        Some(me) => {
+            let chain = CertificateDer::pem_file_iter(&me.cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&me.key).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// Polls `cond` until it holds (up to 10 s). For counters updated by the
+/// daemon's tasks after the client already saw the connection close.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
