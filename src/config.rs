@@ -35,6 +35,8 @@ pub struct Config {
     pub services: Vec<Arc<Service>>,
     /// How long open connections may go on after a stop is asked for.
     pub shutdown_timeout: Duration,
+    /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// One named service: a listener and where its connections go.
@@ -269,6 +271,13 @@ enum OneOrMany {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    allow_public_listen: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDaemon {
     shutdown_timeout: Option<String>,
 }
@@ -369,6 +378,16 @@ impl Context {
                 DEFAULT_SHUTDOWN_TIMEOUT
             }),
         };
+        let admin = match table.remove("admin") {
+            None => None,
+            Some(v) => match RawAdmin::deserialize(v) {
+                Ok(a) => self.admin(a),
+                Err(e) => {
+                    self.problem(Some("[admin]"), None, e.to_string());
+                    None
+                }
+            },
+        };
         let raw_services = match table.remove("service") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items,
@@ -385,7 +404,7 @@ impl Context {
             self.problem(
                 None,
                 Some(key),
-                "unknown top-level key (expected [defaults], [daemon] or [[service]])",
+                "unknown top-level key (expected [defaults], [daemon], [admin] or [[service]])",
             );
         }
         if raw_services.is_empty() {
@@ -441,11 +460,47 @@ impl Context {
                 services.push(Arc::new(service));
             }
         }
+        if let Some(admin) = admin {
+            if let Some(other) = listens.get(&admin) {
+                self.problem(
+                    None,
+                    Some("[admin].listen"),
+                    format!("{admin} is already the listen address of service {other:?}"),
+                );
+            }
+        }
         Some(Config {
             path: self.file.clone(),
             services,
             shutdown_timeout,
+            admin,
         })
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Option<SocketAddr> {
+        let field = Some("[admin].listen");
+        let Some(listen) = raw.listen else {
+            self.problem(None, field, "is required in [admin], e.g. \"127.0.0.1:9815\"");
+            return None;
+        };
+        let Ok(addr) = listen.parse::<SocketAddr>() else {
+            self.problem(None, field, format!("{listen:?} is not IP:PORT"));
+            return None;
+        };
+        if is_public_or_wildcard(addr.ip()) && raw.allow_public_listen != Some(true) {
+            self.problem(
+                None,
+                field,
+                format!(
+                    "{} is a wildcard or public address and the admin endpoint shows every \
+                     connection; listen on loopback or a private address, or set \
+                     [admin].allow_public_listen = true",
+                    addr.ip()
+                ),
+            );
+            return None;
+        }
+        Some(addr)
     }
 
     fn service(&mut self, label: &str, raw: RawService) -> Option<Service> {

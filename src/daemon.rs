@@ -21,6 +21,7 @@ use crate::service::{self, Serve, ServiceState};
 /// A running set of services.
 pub struct Daemon {
     services: BTreeMap<String, Running>,
+    view: DaemonView,
     tracker: TaskTracker,
     close_all: CancellationToken,
     shutdown_timeout: Duration,
@@ -33,6 +34,82 @@ struct Running {
     close: CancellationToken,
     state: Arc<ServiceState>,
     local_addr: SocketAddr,
+}
+
+/// A read-only, always current picture of the daemon, shared with the
+/// admin endpoint: which services listen, with what settings and counters,
+/// and how reloads went.
+#[derive(Clone, Default)]
+pub struct DaemonView {
+    inner: Arc<std::sync::RwLock<ViewInner>>,
+}
+
+#[derive(Default)]
+struct ViewInner {
+    services: BTreeMap<String, ServiceView>,
+    reloads: ReloadStats,
+}
+
+/// One listening service as the admin endpoint sees it.
+#[derive(Clone)]
+pub struct ServiceView {
+    pub settings: Arc<Service>,
+    pub state: Arc<ServiceState>,
+    pub local_addr: SocketAddr,
+}
+
+/// Reload attempts since start.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStats {
+    pub attempts: u64,
+    pub failures: u64,
+    /// Whether the most recent attempt failed.
+    pub last_failed: bool,
+    /// When the configuration in force was loaded (start or last good reload).
+    pub last_success: Option<std::time::SystemTime>,
+    /// The error of the most recent failed attempt.
+    pub last_error: Option<String>,
+}
+
+impl DaemonView {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewInner> {
+        // Writers replace whole entries, so a poisoned lock is consistent.
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The listening services, by name.
+    pub fn services(&self) -> Vec<(String, ServiceView)> {
+        self.read()
+            .services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn reloads(&self) -> ReloadStats {
+        self.read().reloads.clone()
+    }
+
+    /// Records the outcome of a reload attempt (`Err` holds the reason).
+    pub fn record_reload(&self, result: Result<(), String>) {
+        let mut v = self.write();
+        v.reloads.attempts += 1;
+        match result {
+            Ok(()) => {
+                v.reloads.last_failed = false;
+                v.reloads.last_success = Some(std::time::SystemTime::now());
+            }
+            Err(e) => {
+                v.reloads.failures += 1;
+                v.reloads.last_failed = true;
+                v.reloads.last_error = Some(e);
+            }
+        }
+    }
 }
 
 /// A listener that could not be opened.
@@ -76,6 +153,7 @@ impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, BindError> {
         let mut daemon = Daemon {
             services: BTreeMap::new(),
+            view: DaemonView::default(),
             tracker: TaskTracker::new(),
             close_all: CancellationToken::new(),
             shutdown_timeout: config.shutdown_timeout,
@@ -90,6 +168,7 @@ impl Daemon {
                 connect = %config::describe(&service)["connect"], "service listening");
             daemon.launch(service, listener, Arc::new(ServiceState::default()));
         }
+        daemon.view.write().reloads.last_success = Some(std::time::SystemTime::now());
         Ok(daemon)
     }
 
@@ -111,6 +190,14 @@ impl Daemon {
             close_all: close.clone(),
             tracker: self.tracker.clone(),
         }));
+        self.view.write().services.insert(
+            service.name.clone(),
+            ServiceView {
+                settings: service.clone(),
+                state: state.clone(),
+                local_addr,
+            },
+        );
         self.services.insert(
             service.name.clone(),
             Running {
@@ -121,6 +208,11 @@ impl Daemon {
                 local_addr,
             },
         );
+    }
+
+    /// A handle on the live picture of this daemon.
+    pub fn view(&self) -> DaemonView {
+        self.view.clone()
     }
 
     /// The address a service listens on (useful with port 0).
@@ -192,6 +284,9 @@ impl Daemon {
                         Change::Kept
                     } else {
                         old.settings.send_replace(s.clone());
+                        if let Some(v) = self.view.write().services.get_mut(&s.name) {
+                            v.settings = s.clone();
+                        }
                         Change::Updated
                     }
                 }
@@ -208,6 +303,7 @@ impl Daemon {
             .collect();
         for name in removed {
             if let Some(old) = self.services.remove(&name) {
+                self.view.write().services.remove(&name);
                 old.stop_accepting.cancel();
                 let close = old.close.clone();
                 let deadline = self.shutdown_timeout;
@@ -230,6 +326,7 @@ impl Daemon {
         for r in self.services.values() {
             r.stop_accepting.cancel();
         }
+        self.view.write().services.clear();
         self.tracker.close();
         let open: usize = self.services.values().map(|r| r.state.active()).sum();
         if open > 0 {
@@ -319,14 +416,18 @@ async fn run_until_signalled(path: &Path, config: Config) -> ExitCode {
 /// and says why.
 pub fn reload(daemon: &mut Daemon, path: &Path) {
     info!(config = %path.display(), "reloading");
+    let view = daemon.view();
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!("reload refused, running configuration kept: {e}");
+            view.record_reload(Err(e.to_string()));
             return;
         }
     };
-    match daemon.reload(config) {
+    let result = daemon.reload(config);
+    view.record_reload(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    match result {
         Ok(report) => {
             for (service, change) in &report {
                 match change {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -77,12 +78,39 @@ pub struct ConnInfo {
 
 /// Counters and open connections of one service; outlives reloads that
 /// keep the service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceState {
     inner: Mutex<Open>,
     next_id: AtomicU64,
     pub accepted: AtomicU64,
     rejected: [AtomicU64; 6],
+    /// Bytes of connections already closed (open ones are in their meters).
+    closed_up: AtomicU64,
+    closed_down: AtomicU64,
+    /// Seconds from accept to the end of the TLS handshake.
+    pub handshake_seconds: Histogram,
+    /// Seconds to connect to the backend or remote (resolution included).
+    pub connect_seconds: Histogram,
+    /// Lifetime of forwarded connections, in seconds.
+    pub duration_seconds: Histogram,
+}
+
+impl Default for ServiceState {
+    fn default() -> Self {
+        let fast = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let long = [0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6.0 * 3600.0, 24.0 * 3600.0];
+        ServiceState {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: Default::default(),
+            closed_up: AtomicU64::new(0),
+            closed_down: AtomicU64::new(0),
+            handshake_seconds: Histogram::new(fast),
+            connect_seconds: Histogram::new(fast),
+            duration_seconds: Histogram::new(long),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +126,21 @@ impl ServiceState {
 
     fn reject(&self, r: Rejection) {
         self.rejected[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes moved so far, (towards the backend, back to clients), open
+    /// connections included.
+    pub fn bytes(&self) -> (u64, u64) {
+        let open = self.lock();
+        let (mut up, mut down) = (
+            self.closed_up.load(Ordering::Relaxed),
+            self.closed_down.load(Ordering::Relaxed),
+        );
+        for c in open.conns.values() {
+            up += c.meter.up();
+            down += c.meter.down();
+        }
+        (up, down)
     }
 
     /// How many connections are open now.
@@ -163,6 +206,11 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut open = self.state.lock();
         open.conns.remove(&self.info.id);
+        // Under the lock, so that `bytes()` never counts a connection twice
+        // or not at all.
+        let m = &self.info.meter;
+        self.state.closed_up.fetch_add(m.up(), Ordering::Relaxed);
+        self.state.closed_down.fetch_add(m.down(), Ordering::Relaxed);
         let ip = canonical_ip(self.info.source.ip());
         if let Some(n) = open.per_source.get_mut(&ip) {
             *n -= 1;
@@ -269,6 +317,7 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
     set_socket_options(&tcp);
     match &service.role {
         Role::Server { tls, peers } => {
+            let started = tokio::time::Instant::now();
             let handshake = TlsAcceptor::from(tls.clone()).accept(tcp);
             let tls = match timeout(service.handshake_timeout, handshake).await {
                 Err(_) => {
@@ -287,6 +336,8 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 }
                 Ok(Ok(s)) => s,
             };
+            let state = &guard.state;
+            state.handshake_seconds.observe(started.elapsed().as_secs_f64());
             let ids = tls
                 .get_ref()
                 .1
@@ -306,23 +357,28 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 );
             }
             let _ = guard.info.peer.set(peer);
+            let started = tokio::time::Instant::now();
             let backend = match connect_any(&service.connect, service.connect_timeout).await {
                 Ok(b) => b,
                 Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
             };
+            state.connect_seconds.observe(started.elapsed().as_secs_f64());
             if let Ok(addr) = backend.peer_addr() {
                 let _ = guard.info.remote.set(addr);
             }
             forward(tls, backend, service, guard).await;
         }
         Role::Client { tls, server_name } => {
+            let started = tokio::time::Instant::now();
             let remote = match connect_any(&service.connect, service.connect_timeout).await {
                 Ok(r) => r,
                 Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
             };
+            guard.state.connect_seconds.observe(started.elapsed().as_secs_f64());
             if let Ok(addr) = remote.peer_addr() {
                 let _ = guard.info.remote.set(addr);
             }
+            let started = tokio::time::Instant::now();
             let handshake = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);
             let tls = match timeout(service.handshake_timeout, handshake).await {
                 Err(_) => {
@@ -341,6 +397,7 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 }
                 Ok(Ok(s)) => s,
             };
+            guard.state.handshake_seconds.observe(started.elapsed().as_secs_f64());
             let peer = tls
                 .get_ref()
                 .1
@@ -384,6 +441,7 @@ where
     debug!(remote = ?guard.info.remote.get(), "connection open");
     let end = proxy::pipe(client, other, meter, service.idle_timeout).await;
     let (up, down, duration) = (meter.up(), meter.down(), meter.elapsed());
+    guard.state.duration_seconds.observe(duration.as_secs_f64());
     match end {
         End::Finished => debug!(
             up,
