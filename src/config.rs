@@ -54,6 +54,8 @@ pub struct Service {
     /// `None` disables the idle timeout.
     pub idle_timeout: Option<Duration>,
     pub role: Role,
+    /// The files the TLS settings were loaded from.
+    pub files: TlsFiles,
     /// Every setting of the service as written (after defaults), and the
     /// contents of every file it loaded: two services with equal
     /// fingerprints behave identically. Used by reload to tell what changed.
@@ -780,6 +782,7 @@ impl Context {
             handshake_timeout,
             idle_timeout,
             role,
+            files,
             fingerprint,
         })
     }

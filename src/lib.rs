@@ -8,10 +8,12 @@
 //! - [`check`], [`logging`]: the `check` command and log output.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod proxy;
 pub mod service;
+pub mod stunnel;
 pub mod tls;

@@ -35,11 +35,11 @@ enum Command {
         #[arg(long, short, default_value = dctunnel::config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    // CERTS-WIRING: /// Create CAs, host certificates and pinned keys; show certificates.
-    // CERTS-WIRING: #[command(subcommand)]
-    // CERTS-WIRING: Certs(dctunnel::certs::CertsCommand),
-    // IMPORT-WIRING: /// Translate a stunnel configuration into dctunnel's TOML.
-    // IMPORT-WIRING: ImportStunnel(dctunnel::stunnel::ImportArgs),
+    /// Create CAs, host certificates and pinned keys; show certificates.
+    #[command(subcommand)]
+    Certs(dctunnel::certs::CertsCommand),
+    /// Translate a stunnel configuration into dctunnel's TOML.
+    ImportStunnel(dctunnel::stunnel::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             dctunnel::daemon::main(&config)
         }
         Command::Check { config } => dctunnel::check::main(&config),
-        // CERTS-WIRING: Command::Certs(cmd) => dctunnel::certs::main(cmd),
-        // IMPORT-WIRING: Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
+        Command::Certs(cmd) => dctunnel::certs::main(cmd),
+        Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
     }
 }
