@@ -1,0 +1,90 @@
+//! `dctunnel import-stunnel`: translates a stunnel configuration into
+//! dctunnel's TOML, and says what did not carry over and what to do instead.
+//!
+//! - [`parse`] reads stunnel's syntax as stunnel 5 does (global options,
+//!   `[sections]`, `include = DIR`, `;` and `#` comments), pure except for an
+//!   [`IncludeResolver`];
+//! - [`translate`] maps each section to a `[[service]]` and every option it
+//!   cannot carry to a [`Warning`];
+//! - [`main`] does the I/O for the command line.
+
+mod address;
+mod options;
+mod parse;
+mod render;
+mod translate;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub use parse::{
+    parse, DirIncludes, Include, IncludeResolver, NoIncludes, Origin, ParseError, Section, Setting,
+    SourceFile, StunnelConfig, MAX_INCLUDED_FILES, MAX_INCLUDE_DEPTH,
+};
+pub use translate::{translate, Severity, Translation, Warning};
+
+/// Arguments of `dctunnel import-stunnel`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// stunnel configuration file
+    pub file: PathBuf,
+    /// Write the TOML to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs `dctunnel import-stunnel`: the TOML goes to standard output (or
+/// `--output`), warnings to standard error. Fails only when the stunnel file
+/// cannot be read or parsed, or the output cannot be written; warnings do not
+/// change the exit status.
+pub fn main(args: ImportArgs) -> ExitCode {
+    let translation = match load(&args.file) {
+        Ok(config) => translate(&config),
+        Err(e) => {
+            eprintln!("dctunnel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &translation.warnings {
+        eprintln!("dctunnel: {warning}");
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, &translation.toml)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => std::io::stdout()
+            .lock()
+            .write_all(translation.toml.as_bytes())
+            .map_err(|e| format!("cannot write the output: {e}")),
+    };
+    if let Err(e) = written {
+        eprintln!("dctunnel: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads and parses `path`, including directories relative to its own.
+fn load(path: &Path) -> Result<StunnelConfig, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let base = path.parent().unwrap_or(Path::new(""));
+    parse(
+        &text,
+        &path.display().to_string(),
+        &mut DirIncludes::new(base),
+    )
+    .map_err(|e| chain(&e))
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
