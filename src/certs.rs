@@ -135,6 +135,9 @@ pub enum CertsError {
     /// A serial number given on the command line is not hexadecimal.
     #[error("{0:?} is not a serial number (expected hexadecimal, colons allowed)")]
     InvalidSerial(String),
+    /// `revoke` was given neither a certificate nor a serial.
+    #[error("give the certificate to revoke, or --serial")]
+    NoRevokeTarget,
     /// A validity period is out of range.
     #[error("--days must be between 1 and {MAX_DAYS}, not {0}")]
     Days(u32),
@@ -188,7 +191,7 @@ pub enum CertsCommand {
     /// Create a private certificate authority: DIR/ca.pem and DIR/ca.key (0600).
     InitCa(InitCaArgs),
     /// Issue a host certificate signed by the CA, good for both TLS server and
-    /// client: OUT/<name>.pem and OUT/<name>.key (0600).
+    /// client: OUT/NAME.pem and OUT/NAME.key (0600).
     Issue(IssueArgs),
     /// Create a self-signed certificate and key for pinning, and print its pin.
     Keygen(KeygenArgs),
@@ -595,8 +598,8 @@ fn run_revoke(args: RevokeArgs) -> Result<(), CertsError> {
     let target = match (args.cert, args.serial) {
         (Some(cert), _) => RevokeTarget::Cert(cert),
         (None, Some(s)) => RevokeTarget::Serial(parse_serial(&s)?),
-        // clap's required ArgGroup makes this unreachable; keep a clear message anyway.
-        (None, None) => return Err(CertsError::InvalidSerial(String::new())),
+        // clap's required ArgGroup rules this out; say what is missing anyway.
+        (None, None) => return Err(CertsError::NoRevokeTarget),
     };
     let r = revoke(&args.ca, &target, args.reason)?;
     if r.newly_revoked {
