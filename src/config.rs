@@ -482,7 +482,11 @@ impl Context {
     fn admin(&mut self, raw: RawAdmin) -> Option<SocketAddr> {
         let field = Some("[admin].listen");
         let Some(listen) = raw.listen else {
-            self.problem(None, field, "is required in [admin], e.g. \"127.0.0.1:9815\"");
+            self.problem(
+                None,
+                field,
+                "is required in [admin], e.g. \"127.0.0.1:9815\"",
+            );
             return None;
         };
         let Ok(addr) = listen.parse::<SocketAddr>() else {

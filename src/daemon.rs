@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, Service};
 use crate::service::{self, Serve, ServiceState};
+use crate::systemd;
 
 /// A running set of services.
 pub struct Daemon {
@@ -366,6 +367,7 @@ pub fn main(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    systemd::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -392,6 +394,16 @@ async fn run_until_signalled(path: &Path, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The admin socket is bound before the services, so that a bad admin
+    // address stops the start before any service listens.
+    let admin_listener = match config.admin.map(|addr| (addr, service::bind(addr))) {
+        None => None,
+        Some((_, Ok(listener))) => Some(listener),
+        Some((addr, Err(e))) => {
+            error!("[admin].listen: cannot listen on {addr}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let count = config.services.len();
     let mut daemon = match Daemon::start(config) {
         Ok(d) => d,
@@ -400,15 +412,51 @@ async fn run_until_signalled(path: &Path, config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let admin_stop = CancellationToken::new();
+    let admin = admin_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(listen = %addr, "admin endpoint listening");
+        }
+        tokio::spawn(crate::admin::serve(
+            listener,
+            daemon.view(),
+            admin_stop.clone(),
+        ))
+    });
     info!(services = count, config = %path.display(), "ready");
+    systemd::notify(&format!("READY=1\nSTATUS=running {count} service(s)"));
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                systemd::notify("WATCHDOG=1");
+            }
+        })
+    });
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received: stopping"); break }
             _ = int.recv() => { info!("SIGINT received: stopping"); break }
-            _ = hup.recv() => reload(&mut daemon, path),
+            _ = hup.recv() => {
+                systemd::notify_reloading();
+                reload(&mut daemon, path);
+                let services = daemon.services.len();
+                let outcome = if daemon.view.reloads().last_failed { "last reload FAILED, previous configuration kept" } else { "last reload OK" };
+                systemd::notify(&format!("READY=1\nSTATUS=running {services} service(s); {outcome}"));
+            }
         }
     }
+    systemd::notify("STOPPING=1\nSTATUS=stopping: draining open connections");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     daemon.shutdown().await;
+    // Last, so that metrics and /readyz (503 while draining) stay visible.
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     ExitCode::SUCCESS
 }
 

@@ -6,6 +6,11 @@
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
 //! - [`check`], [`logging`]: the `check` command and log output.
+//! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
+//! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
+//! - [`systemd`]: readiness notifications, watchdog, open-files limit.
+//! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
+//!   metrics, open connections, probes) and `dctunnel status`, its reader.
 #![forbid(unsafe_code)]
 
 pub mod certs;
@@ -16,4 +21,5 @@ pub mod logging;
 pub mod proxy;
 pub mod service;
 pub mod stunnel;
+pub mod systemd;
 pub mod tls;

@@ -97,8 +97,21 @@ pub struct ServiceState {
 
 impl Default for ServiceState {
     fn default() -> Self {
-        let fast = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let long = [0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6.0 * 3600.0, 24.0 * 3600.0];
+        let fast = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let long = [
+            0.01,
+            0.1,
+            1.0,
+            10.0,
+            60.0,
+            300.0,
+            1800.0,
+            3600.0,
+            6.0 * 3600.0,
+            24.0 * 3600.0,
+        ];
         ServiceState {
             inner: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -210,7 +223,9 @@ impl Drop for ConnGuard {
         // or not at all.
         let m = &self.info.meter;
         self.state.closed_up.fetch_add(m.up(), Ordering::Relaxed);
-        self.state.closed_down.fetch_add(m.down(), Ordering::Relaxed);
+        self.state
+            .closed_down
+            .fetch_add(m.down(), Ordering::Relaxed);
         let ip = canonical_ip(self.info.source.ip());
         if let Some(n) = open.per_source.get_mut(&ip) {
             *n -= 1;
@@ -337,7 +352,9 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 Ok(Ok(s)) => s,
             };
             let state = &guard.state;
-            state.handshake_seconds.observe(started.elapsed().as_secs_f64());
+            state
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
             let ids = tls
                 .get_ref()
                 .1
@@ -362,7 +379,9 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 Ok(b) => b,
                 Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
             };
-            state.connect_seconds.observe(started.elapsed().as_secs_f64());
+            state
+                .connect_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Ok(addr) = backend.peer_addr() {
                 let _ = guard.info.remote.set(addr);
             }
@@ -374,7 +393,10 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 Ok(r) => r,
                 Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
             };
-            guard.state.connect_seconds.observe(started.elapsed().as_secs_f64());
+            guard
+                .state
+                .connect_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Ok(addr) = remote.peer_addr() {
                 let _ = guard.info.remote.set(addr);
             }
@@ -397,7 +419,10 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 }
                 Ok(Ok(s)) => s,
             };
-            guard.state.handshake_seconds.observe(started.elapsed().as_secs_f64());
+            guard
+                .state
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
             let peer = tls
                 .get_ref()
                 .1
