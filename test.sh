@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test of dctunnel, after installing what the tests use from
+# Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4).
+# Usage: ./test.sh            (as root, or with sudo available)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}"
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# git does not keep file modes: the example keys come back 0644 in a fresh
+# clone, and dctunnel rightly refuses keys others can read.
+certs-example/regenerate.sh --fix-modes
+
+cargo build --all-targets
+scripts/verify-systemd.sh
+if [ -x monitoring/check.sh ]; then monitoring/check.sh; fi
+for f in config/*.toml; do
+    target/debug/dctunnel check --config "$f" >/dev/null || {
+        echo "config check failed: $f" >&2
+        exit 1
+    }
+done
+echo "config/*.toml: all pass dctunnel check"
+cargo test
