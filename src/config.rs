@@ -333,6 +333,30 @@ impl Context {
         });
     }
 
+    /// Reports a table that does not deserialize, naming the key when
+    /// serde says which one.
+    fn serde_problem(&mut self, service: &str, e: &toml::de::Error) {
+        let msg = e.message().trim().to_owned();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        match field {
+            Some(f) => {
+                let expected = msg
+                    .split_once(", expected ")
+                    .map(|x| x.1.trim_start_matches("one of "))
+                    .unwrap_or("");
+                self.problem(
+                    Some(service),
+                    Some(&f),
+                    format!("unknown key; known keys: {expected}"),
+                )
+            }
+            None => self.problem(Some(service), None, msg),
+        }
+    }
+
     fn parse(&mut self, text: &str) -> Option<Config> {
         let mut table: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
@@ -347,7 +371,7 @@ impl Context {
             Some(v) => match RawService::deserialize(v) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.problem(Some("[defaults]"), None, e.to_string());
+                    self.serde_problem("[defaults]", &e);
                     RawService::default()
                 }
             },
@@ -426,7 +450,7 @@ impl Context {
             let raw = match RawService::deserialize(value) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.problem(Some(&label), None, e.to_string());
+                    self.serde_problem(&label, &e);
                     continue;
                 }
             };
