@@ -201,7 +201,7 @@ pub(crate) fn treatment(name: &str, value: &str, in_section: bool) -> Treatment 
         "requirecert" => dropped(
             Note,
             "dctunnel always requires the peer's certificate",
-            "issue a certificate for every client host with `dctunnel certs`",
+            "issue a certificate for every client host with `dctunnel certs issue`",
         ),
         _ => Treatment::Dropped {
             severity: Severity::Problem,

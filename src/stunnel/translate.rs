@@ -141,6 +141,17 @@ impl<'a> View<'a> {
         find(self.own).or_else(|| find(self.global))
     }
 
+    /// The settings of any of `names`, inherited ones first, in file order.
+    fn in_order<'n>(&self, names: &'n [&'n str]) -> impl Iterator<Item = &'a Setting> + 'n
+    where
+        'a: 'n,
+    {
+        self.global
+            .iter()
+            .chain(self.own)
+            .filter(move |s| names.iter().any(|n| s.is(n)))
+    }
+
     /// All the values of a repeatable option: the section's own if it has
     /// any, else the inherited ones.
     fn all(&self, name: &str) -> Vec<&'a Setting> {
@@ -430,7 +441,14 @@ impl<'a> Translator<'a> {
     /// The keys [`Common`] holds, as `view` sets them.
     fn common(&mut self, view: View<'_>) -> Common {
         let mut common = Common::default();
+        // With verifyPeer alone, CAfile holds the peers' own certificates, not
+        // a CA: they become peer_pins (see verify_peer), not ca.
+        let verify = self.verify(view);
+        let pins_only = verify.peer && !verify.chain;
         for (option, key) in [("CAfile", "ca"), ("cert", "cert"), ("key", "key")] {
+            if pins_only && key == "ca" {
+                continue;
+            }
             if let Some(s) = view.last(option) {
                 common.set(Entry::new(key, Value::Str(self.path(view, s))));
             }
@@ -474,10 +492,7 @@ impl<'a> Translator<'a> {
 
     /// Whether the stunnel file capped TLS at 1.2.
     fn tls12(&mut self, view: View<'_>) -> bool {
-        let Some(setting) = view
-            .last("sslVersionMax")
-            .or_else(|| view.last("sslVersion"))
-        else {
+        let Some(setting) = view.in_order(&["sslVersionMax", "sslVersion"]).last() else {
             return false;
         };
         match setting.value.to_ascii_lowercase().as_str() {
@@ -521,28 +536,32 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// The peer checks `verify`, `verifyChain` and `verifyPeer` ask for,
+    /// applied in file order as stunnel does (each overrides the others).
     fn verify(&mut self, view: View<'_>) -> Verify {
         let mut v = Verify::default();
-        if let Some(s) = view.last("verify") {
-            match s.value.as_str() {
-                "0" | "1" | "none" => {}
-                "2" => v.chain = true,
-                "3" => (v.chain, v.peer) = (true, true),
-                "4" => v.peer = true,
-                _ => self.warn_at(
-                    Severity::Problem,
-                    view,
-                    s,
-                    format!("`verify = {}`: stunnel accepts only 0 to 4", s.value),
-                    "use verifyChain = yes and checkHost instead",
-                ),
+        for s in view.in_order(&["verify", "verifyChain", "verifyPeer"]) {
+            if s.is("verify") {
+                match s.value.as_str() {
+                    "0" | "1" | "none" => (v.chain, v.peer) = (false, false),
+                    "2" => (v.chain, v.peer) = (true, false),
+                    "3" => (v.chain, v.peer) = (true, true),
+                    "4" => (v.chain, v.peer) = (false, true),
+                    _ => self.warn_at(
+                        Severity::Problem,
+                        view,
+                        s,
+                        format!("`{} = {}`: stunnel accepts only 0 to 4", s.name, s.value),
+                        "use verifyChain = yes and checkHost instead",
+                    ),
+                }
+            } else if let Some(yes) = self.yes_no(view, s) {
+                if s.is("verifyChain") {
+                    v.chain = yes;
+                } else {
+                    v.peer = yes;
+                }
             }
-        }
-        if let Some(s) = view.last("verifyChain") {
-            v.chain = self.yes_no(view, s).unwrap_or(v.chain);
-        }
-        if let Some(s) = view.last("verifyPeer") {
-            v.peer = self.yes_no(view, s).unwrap_or(v.peer);
         }
         v
     }
@@ -576,8 +595,9 @@ impl<'a> Translator<'a> {
             Some(section.name.clone()),
             format!("authenticates with pre-shared keys ({})", shown.join(", ")),
             format!(
-                "dctunnel authenticates with certificates: issue one per host with `dctunnel certs` \
-                 (one identity per host, e.g. one per identity of the PSKsecrets file), or pin keys in peer_pins; {then}"
+                "dctunnel authenticates with certificates: create a CA with `dctunnel certs init-ca` and issue \
+                 one certificate per host with `dctunnel certs issue --name HOST` (one identity per host, e.g. one \
+                 per identity of the PSKsecrets file), or pin keys (`dctunnel certs keygen`, then peer_pins); {then}"
             ),
         );
         true
@@ -855,7 +875,7 @@ impl<'a> Translator<'a> {
                     Severity::Unsupported,
                     section,
                     "stunnel presented no client certificate (no cert)",
-                    "dctunnel always presents one: issue a certificate for this host with `dctunnel certs` and set cert and key",
+                    "dctunnel always presents one: issue a certificate for this host with `dctunnel certs issue` and set cert and key",
                 );
             } else {
                 self.warn_section(
@@ -872,7 +892,7 @@ impl<'a> Translator<'a> {
                 Severity::Unsupported,
                 section,
                 "no CAfile: nothing to verify the peer's certificate with",
-                "set ca to the CA that signs the peers' certificates (see `dctunnel certs`)",
+                "set ca to the CA that signs the peers' certificates (see `dctunnel certs init-ca`)",
             );
         }
         if !missing.is_empty() {
@@ -881,6 +901,26 @@ impl<'a> Translator<'a> {
                 missing.join(", ")
             ));
         }
+    }
+
+    /// Reports `verifyPeer`, which trusted exactly the peer certificates
+    /// stored in CAfile, and returns the comment line to fill peer_pins from.
+    fn verify_peer(&mut self, view: View<'_>, section: &Section, whose: &str) -> String {
+        let file = view.last("CAfile").map_or("CAfile", |s| s.value.as_str());
+        let message = format!(
+            "`verifyPeer = yes`: stunnel trusted exactly the {whose} certificates stored in CAfile"
+        );
+        let advice = format!(
+            "pin their keys instead: `dctunnel certs show {file}` prints the pins; list them in peer_pins"
+        );
+        let line = format!(
+            "peer_pins = [\"sha256/...\"]   # the pins `dctunnel certs show {file}` prints"
+        );
+        match view.in_order(&["verify", "verifyPeer"]).last() {
+            Some(s) => self.warn_at(Severity::Unsupported, view, s, message, advice),
+            None => self.warn_section(Severity::Unsupported, section, message, advice),
+        }
+        line
     }
 
     fn server_identity(
@@ -911,20 +951,7 @@ impl<'a> Translator<'a> {
         let mut entries = Vec::new();
         let mut trailing = Vec::new();
         if verify.peer {
-            let (origin_setting, ca) = (
-                view.last("verifyPeer").or(view.last("verify")),
-                view.last("CAfile"),
-            );
-            let message = "`verifyPeer = yes`: stunnel trusted exactly the client certificates stored in CAfile";
-            let advice = "pin the client keys instead: compute their pins with `dctunnel certs` and list them in peer_pins";
-            match origin_setting {
-                Some(s) => self.warn_at(Severity::Unsupported, view, s, message, advice),
-                None => self.warn_section(Severity::Unsupported, section, message, advice),
-            }
-            trailing.push(format!(
-                "peer_pins = [\"sha256/...\"]   # the pins of the client certificates in {}",
-                ca.map_or("CAfile", |s| s.value.as_str())
-            ));
+            trailing.push(self.verify_peer(view, section, "client"));
         }
         if !peers.is_empty() {
             entries.push(Entry::new("allow_peers", Value::List(peers)));
@@ -958,7 +985,7 @@ impl<'a> Translator<'a> {
                 Severity::Unsupported,
                 section,
                 "stunnel did not ask clients for a certificate (no verifyChain)",
-                "dctunnel requires one signed by ca: issue a certificate for every client host with `dctunnel certs`",
+                "dctunnel requires one signed by ca: issue a certificate for every client host with `dctunnel certs issue`",
             );
         }
         (entries, trailing)
@@ -1038,15 +1065,7 @@ impl<'a> Translator<'a> {
         }
         let mut trailing = Vec::new();
         if verify.peer {
-            let message = "`verifyPeer = yes`: stunnel trusted exactly the server certificate stored in CAfile";
-            let advice = "pin the server's key instead: compute its pin with `dctunnel certs` and list it in peer_pins";
-            match view.last("verifyPeer").or(view.last("verify")) {
-                Some(s) => self.warn_at(Severity::Unsupported, view, s, message, advice),
-                None => self.warn_section(Severity::Unsupported, section, message, advice),
-            }
-            trailing.push(
-                "peer_pins = [\"sha256/...\"]   # the pin of the server's certificate".into(),
-            );
+            trailing.push(self.verify_peer(view, section, "server"));
         }
         let entries = server_name
             .map(|n| vec![Entry::new("server_name", Value::Str(n))])
