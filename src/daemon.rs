@@ -164,9 +164,6 @@ impl Daemon {
             bound.push((s.clone(), bind(s)?));
         }
         for (service, listener) in bound {
-            let addr = listener.local_addr().unwrap_or(service.listen);
-            info!(service = %service.name, mode = %service.mode(), listen = %addr,
-                connect = %config::describe(&service)["connect"], "service listening");
             daemon.launch(service, listener, Arc::new(ServiceState::default()));
         }
         daemon.view.write().reloads.last_success = Some(std::time::SystemTime::now());
@@ -180,6 +177,8 @@ impl Daemon {
         state: Arc<ServiceState>,
     ) {
         let local_addr = listener.local_addr().unwrap_or(service.listen);
+        info!(service = %service.name, mode = %service.mode(), listen = %local_addr,
+            connect = %config::describe(&service)["connect"], "service listening");
         let (settings, rx) = watch::channel(service.clone());
         let stop_accepting = CancellationToken::new();
         let close = self.close_all.child_token();

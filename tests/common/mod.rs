@@ -344,3 +344,166 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The real `dctunnel` binary running in the background, with its JSON log
+/// lines readable as they come.
+pub struct Proc {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Proc {
+    /// Starts `dctunnel --log-format json run --config PATH`, through
+    /// `sh -c` with `prefix` (e.g. `ulimit -n 64;`) if given.
+    pub fn start(config: &Path, prefix: &str) -> Proc {
+        let bin = env!("CARGO_BIN_EXE_dctunnel");
+        let script = format!("{prefix} exec \"$0\" --log-format json run --config \"$1\"");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(bin)
+            .arg(config)
+            .env("DCTUNNEL_LOG", "info,dctunnel=debug")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "fields": { "message": line } }));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 20 s) for a log line whose message contains `text`, and
+    /// returns its fields.
+    pub fn wait_for(&mut self, text: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = match self.lines.recv_timeout(left) {
+                Ok(v) => v,
+                Err(_) => panic!(
+                    "no log line containing {text:?}; seen:\n{}",
+                    self.seen
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            };
+            self.seen.push(v.clone());
+            let msg = v["fields"]["message"].as_str().unwrap_or("");
+            if msg.contains(text) {
+                return v["fields"].clone();
+            }
+        }
+    }
+
+    /// The address of a service, from its "service listening" line.
+    pub fn listening(&mut self, service: &str) -> SocketAddr {
+        loop {
+            let f = self.wait_for("service listening");
+            if f["service"] == service {
+                return f["listen"].as_str().unwrap().parse().unwrap();
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (up to 20 s) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        for _ in 0..2000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("dctunnel did not exit within 20 s");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of a one-file tunnel config: server side `tls` on
+/// `tls_listen`, client side `plain` on `plain_listen` connecting to
+/// `tls_connect`.
+pub fn tunnel_config(
+    pki: &Pki,
+    server: &HostCert,
+    client: &HostCert,
+    backend: SocketAddr,
+    tls_listen: &str,
+    plain_listen: &str,
+    tls_connect: &str,
+) -> String {
+    format!(
+        r#"
+[daemon]
+shutdown_timeout = "10s"
+
+[[service]]
+name = "tls"
+mode = "server"
+listen = "{tls_listen}"
+connect = "{backend}"
+ca = "{ca}"
+cert = "{scert}"
+key = "{skey}"
+allow_peers = ["{CLIENT}"]
+
+[[service]]
+name = "plain"
+mode = "client"
+listen = "{plain_listen}"
+connect = "{tls_connect}"
+server_name = "{SERVER}"
+ca = "{ca}"
+cert = "{ccert}"
+key = "{ckey}"
+"#,
+        ca = pki.ca_pem.display(),
+        scert = server.cert.display(),
+        skey = server.key.display(),
+        ccert = client.cert.display(),
+        ckey = client.key.display(),
+    )
+}
+
+/// A port that was free a moment ago (for the few tests that must name a
+/// port before the daemon starts, e.g. a client side pointing at a server
+/// side in another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,287 @@
+//! The real binary as an operator runs it: signals, reload from the file,
+//! descriptor exhaustion, and a real Redis behind the tunnel.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpStream;
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("dctunnel.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_drains_and_exits_zero() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls),
+    );
+    let mut p = Proc::start(&path, "");
+    let entrance = p.listening("plain");
+    p.wait_for("ready");
+
+    let mut conn = TcpStream::connect(entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut conn, b"before").await, b"before");
+    p.signal("TERM");
+    p.wait_for("SIGTERM received");
+    p.wait_for("waiting for open connections to finish");
+    assert!(
+        TcpStream::connect(entrance).await.is_err(),
+        "still accepting"
+    );
+    assert_eq!(roundtrip(&mut conn, b"during drain").await, b"during drain");
+    drop(conn);
+    p.wait_for("stopped");
+    assert_eq!(p.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_at_start_exits_non_zero_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[[service]]\nname = \"x\"\n");
+    let mut p = Proc::start(&path, "");
+    let f = p.wait_for("invalid configuration");
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains("service \"x\": mode: is required"));
+    assert_eq!(p.wait_exit(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_at_start_names_the_service() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let text = tunnel_config(
+        &pki,
+        &s,
+        &c,
+        "127.0.0.1:9".parse().unwrap(),
+        &addr,
+        "127.0.0.1:0",
+        &addr,
+    );
+    let path = write_config(&dir, &text);
+    let mut p = Proc::start(&path, "");
+    let f = p.wait_for("cannot listen");
+    let msg = f["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("service \"tls\": listen: cannot listen on {addr}")),
+        "{msg}"
+    );
+    assert_eq!(p.wait_exit(), Some(2));
+}
+
+/// SIGHUP applies a good file (one line per service) and refuses a bad one
+/// while everything keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_keeps_the_old_one_when_bad() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let base = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
+    let path = write_config(&dir, &base);
+    let mut p = Proc::start(&path, "");
+    let entrance = p.listening("plain");
+    let mut live = TcpStream::connect(entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut live, b"one").await, b"one");
+
+    // A second entrance is added.
+    let second = base.clone()
+        + &tunnel_config(&pki, &s, &c, backend, "", "127.0.0.1:0", &tls)
+            .split("name = \"plain\"")
+            .nth(1)
+            .map(|rest| format!("\n[[service]]\nname = \"plain2\"{rest}"))
+            .unwrap();
+    write_config(&dir, &second);
+    p.signal("HUP");
+    let added = p.listening("plain2");
+    let f = p.wait_for("reload: service added");
+    assert_eq!(f["service"], "plain2");
+    let mut c2 = TcpStream::connect(added).await.unwrap();
+    assert_eq!(roundtrip(&mut c2, b"via plain2").await, b"via plain2");
+
+    // A broken file: refused, everything as before.
+    write_config(
+        &dir,
+        &second.replace("mode = \"client\"", "mode = \"clinet\""),
+    );
+    p.signal("HUP");
+    let f = p.wait_for("reload refused, running configuration kept");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `clinet`"),
+        "{f}"
+    );
+    assert_eq!(roundtrip(&mut live, b"still one").await, b"still one");
+    assert_eq!(roundtrip(&mut c2, b"still two").await, b"still two");
+    let mut c3 = TcpStream::connect(added).await.unwrap();
+    assert_eq!(roundtrip(&mut c3, b"new on plain2").await, b"new on plain2");
+}
+
+/// With very few descriptors the daemon fails some connections, logs it,
+/// and serves again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_descriptor_exhaustion_and_recovers() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls),
+    );
+    let mut p = Proc::start(&path, "ulimit -n 48;");
+    let entrance = p.listening("plain");
+    p.wait_for("ready");
+    // Each tunnelled connection costs four descriptors in this one process.
+    let mut open = Vec::new();
+    for _ in 0..40 {
+        if let Ok(mut c) = TcpStream::connect(entrance).await {
+            use tokio::io::AsyncWriteExt;
+            let _ = c.write_all(b"x").await;
+            open.push(c);
+        }
+    }
+    // The daemon says it ran out, one way or another.
+    let mut exhausted = false;
+    for _ in 0..200 {
+        let f = p.wait_for("");
+        let m = f["message"].as_str().unwrap_or("").to_owned() + &f["error"].to_string();
+        if m.contains("Too many open files") || m.contains("accept failed") {
+            exhausted = true;
+            break;
+        }
+    }
+    assert!(
+        exhausted,
+        "descriptors never ran out; raise the connection count"
+    );
+    drop(open);
+    // Recovery: a fresh connection goes through end to end.
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(entrance).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await
+        {
+            ok = &buf == b"ping";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "no recovery after descriptors were freed");
+    assert!(p.child.try_wait().unwrap().is_none(), "daemon died");
+}
+
+/// Debian's redis-server behind the tunnel, driven with redis-cli.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_the_tunnel() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = KillOnDrop(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (./test.sh installs it)"),
+    );
+    let cli = |port: u16, args: &[&str], input: Option<&[u8]>| -> String {
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("redis-cli is not installed");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let mut up = false;
+    for _ in 0..200 {
+        if cli(port, &["PING"], None) == "PONG" {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "redis-server did not start");
+
+    let t = tunnel(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        TunnelOpts::default(),
+    )
+    .await;
+    let entrance = t.entrance.port();
+    let (tx, rx) = (entrance, entrance);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut results = Vec::new();
+        results.push(cli(tx, &["PING"], None));
+        results.push(cli(tx, &["SET", "product:3017620422003", "Nutella"], None));
+        results.push(cli(rx, &["GET", "product:3017620422003"], None));
+        // A 1 MiB value in and out.
+        let big: Vec<u8> = (0..(1 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+        results.push(cli(tx, &["-x", "SET", "big"], Some(&big)));
+        results.push(cli(rx, &["STRLEN", "big"], None));
+        results.push(cli(rx, &["DBSIZE"], None));
+        results
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, ["PONG", "OK", "Nutella", "OK", "1048576", "2"]);
+    // What went through the tunnel is what redis holds.
+    assert_eq!(
+        cli(port, &["GET", "product:3017620422003"], None),
+        "Nutella"
+    );
+    t.daemon.shutdown().await;
+}
+
+/// Stops a helper process even when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
