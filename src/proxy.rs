@@ -18,8 +18,8 @@ pub struct Meter {
     pub up: AtomicU64,
     /// Bytes from the other side back to the side that connected to us.
     pub down: AtomicU64,
-    /// Milliseconds after `start` of the last byte read on either side.
-    last_activity_ms: AtomicU64,
+    /// Microseconds after `start` of the last byte read on either side.
+    last_activity_us: AtomicU64,
 }
 
 impl Default for Meter {
@@ -34,7 +34,7 @@ impl Meter {
             start: Instant::now(),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            last_activity_ms: AtomicU64::new(0),
+            last_activity_us: AtomicU64::new(0),
         }
     }
 
@@ -51,12 +51,12 @@ impl Meter {
     }
 
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        let us = self.start.elapsed().as_micros() as u64;
+        self.last_activity_us.store(us, Ordering::Relaxed);
     }
 
     fn last_activity(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+        self.start + Duration::from_micros(self.last_activity_us.load(Ordering::Relaxed))
     }
 }
 

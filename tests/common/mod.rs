@@ -239,7 +239,13 @@ key = "{key}"
 allow_peers = {peers}
 {extra}
 "#,
-        daemon_extra = opts.daemon_extra,
+        // Tests that end with connections open should not wait the
+        // default 30 s at shutdown.
+        daemon_extra = if opts.daemon_extra.is_empty() {
+            "[daemon]\nshutdown_timeout = \"1s\"".to_string()
+        } else {
+            opts.daemon_extra.clone()
+        },
         ca = pki.ca_pem.display(),
         cert = server_cert.cert.display(),
         key = server_cert.key.display(),
