@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of dctunnel, after installing what the tests use from
-# Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4).
+# Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4, haproxy).
 # Usage: ./test.sh            (as root, or with sudo available)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +11,7 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v stunnel4 >/dev/null || need+=(stunnel4)
+command -v haproxy >/dev/null || need+=(haproxy)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     sudo=()

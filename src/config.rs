@@ -53,6 +53,8 @@ pub struct Service {
     pub handshake_timeout: Duration,
     /// `None` disables the idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Server mode: send a PROXY protocol header to the backend first.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub role: Role,
     /// The files the TLS settings were loaded from.
     pub files: TlsFiles,
@@ -262,6 +264,7 @@ struct RawService {
     idle_timeout: Option<String>,
     tls12: Option<bool>,
     tls_resumption: Option<bool>,
+    proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -684,6 +687,13 @@ impl Context {
                 "applies to server mode only; a client-mode service checks the server with server_name (or peer_pins)",
             );
         }
+        if mode == Some(Mode::Client) && raw.proxy_protocol.is_some() {
+            self.problem(
+                s,
+                Some("proxy_protocol"),
+                "applies to server mode only (the header tells the backend who the TLS peer is)",
+            );
+        }
         if mode == Some(Mode::Server) && raw.server_name.is_some() {
             self.problem(
                 s,
@@ -809,6 +819,7 @@ impl Context {
             connect_timeout,
             handshake_timeout,
             idle_timeout,
+            proxy_protocol: raw.proxy_protocol,
             role,
             files,
             fingerprint,
@@ -861,6 +872,7 @@ fn merge(service: RawService, defaults: &RawService) -> RawService {
         idle_timeout: service.idle_timeout.or(d.idle_timeout),
         tls12: service.tls12.or(d.tls12),
         tls_resumption: service.tls_resumption.or(d.tls_resumption),
+        proxy_protocol: service.proxy_protocol.or(d.proxy_protocol),
     }
 }
 

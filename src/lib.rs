@@ -4,6 +4,7 @@
 //! - [`tls`]: rustls configurations, peer verification (CA, CRL, pins, allowed names).
 //! - [`service`]: the accept loop and the life of one connection.
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
+//! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
 //! - [`check`], [`logging`]: the `check` command and log output.
 //! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
@@ -13,13 +14,17 @@
 //!   metrics, open connections, probes) and `dctunnel status`, its reader.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod certs;
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod service;
+pub mod status;
 pub mod stunnel;
 pub mod systemd;
 pub mod tls;

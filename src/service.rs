@@ -21,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{canonical_ip, Host, Role, Service, Target};
 use crate::proxy::{self, End, Meter};
+use crate::proxy_protocol;
 use crate::tls;
 
 /// Why a connection was turned away before any byte was forwarded.
@@ -330,6 +331,7 @@ pub async fn accept_loop(serve: Serve) {
 
 async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
     set_socket_options(&tcp);
+    let local = tcp.local_addr().ok();
     match &service.role {
         Role::Server { tls, peers } => {
             let started = tokio::time::Instant::now();
@@ -375,10 +377,30 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
             }
             let _ = guard.info.peer.set(peer);
             let started = tokio::time::Instant::now();
-            let backend = match connect_any(&service.connect, service.connect_timeout).await {
+            let mut backend = match connect_any(&service.connect, service.connect_timeout).await {
                 Ok(b) => b,
                 Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
             };
+            if let (Some(version), Some(local)) = (service.proxy_protocol, local) {
+                let tls_version = match tls.get_ref().1.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLSv1.3",
+                };
+                let peer = guard.info.peer.get().map(String::as_str).unwrap_or("");
+                let header =
+                    proxy_protocol::header(version, guard.info.source, local, peer, tls_version);
+                let write = tokio::io::AsyncWriteExt::write_all(&mut backend, &header);
+                if let Err(e) = timeout(service.connect_timeout, write)
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+                {
+                    return refuse(
+                        guard,
+                        Rejection::BackendConnectFailed,
+                        &format!("cannot send the PROXY header: {e}"),
+                    );
+                }
+            }
             state
                 .connect_seconds
                 .observe(started.elapsed().as_secs_f64());

@@ -1,0 +1,162 @@
+//! `proxy_protocol = "v1"` / `"v2"`: the backend learns the TLS peer's
+//! address. Checked with a real consumer: Debian's haproxy with
+//! `accept-proxy`, which reports the address it parsed in X-Forwarded-For.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP server that answers every request with the request's headers.
+async fn header_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    req.len()
+                );
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(&req).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// haproxy accepting the PROXY protocol on a fresh port, forwarding HTTP
+/// with X-Forwarded-For to `backend`.
+async fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Haproxy, u16) {
+    let port = free_port();
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  bind 127.0.0.1:{port} accept-proxy\n  option forwardfor\n  default_backend be\n\
+             backend be\n  server s1 {backend}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("haproxy is not installed (./test.sh installs it)");
+    for _ in 0..500 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (Haproxy(child), port);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("haproxy did not start");
+}
+
+/// A TLS client from 127.0.0.2 (not the tunnel's 127.0.0.1) sends an HTTP
+/// request through the server-mode service; returns the headers haproxy
+/// forwarded.
+async fn request_from_127_0_0_2(t: &Tunnel) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(t.tls_port).await.unwrap();
+    let cfg = tls_client(&t.pki.ca_pem, Some(&t.client_cert));
+    let sni = rustls::pki_types::ServerName::try_from(SERVER).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(sni, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (body, _) = read_to_end(&mut tls).await;
+    String::from_utf8(body).unwrap()
+}
+
+async fn check(version: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_haproxy, port) = haproxy(dir.path(), header_echo().await).await;
+    let t = tunnel(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        TunnelOpts {
+            server_extra: format!("proxy_protocol = \"{version}\""),
+            ..Default::default()
+        },
+    )
+    .await;
+    let reply = request_from_127_0_0_2(&t).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("x-forwarded-for: 127.0.0.2\r\n"),
+        "haproxy did not see the TLS peer's address:\n{reply}"
+    );
+    // And the plaintext client of the tunnel also gets through (its TLS
+    // peer is the client side, on 127.0.0.1).
+    let mut c = TcpStream::connect(t.entrance).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (body, _) = read_to_end(&mut c).await;
+    let body = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\r\n"), "{body}");
+    t.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_reads_the_v1_header() {
+    check("v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_reads_the_v2_header() {
+    check("v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_option_no_header_is_sent() {
+    // haproxy with accept-proxy refuses a connection that lacks the header.
+    let dir = tempfile::tempdir().unwrap();
+    let (_haproxy, port) = haproxy(dir.path(), header_echo().await).await;
+    let t = tunnel(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        TunnelOpts::default(),
+    )
+    .await;
+    let mut c = TcpStream::connect(t.entrance).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (body, _) = read_to_end(&mut c).await;
+    assert!(!String::from_utf8_lossy(&body).contains("200 OK"));
+    t.daemon.shutdown().await;
+}
