@@ -18,7 +18,6 @@ use rustls::pki_types::{
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
-use sha2::Digest as _;
 
 /// The TLS-related settings of one service, as paths and flags.
 #[derive(Debug, Clone, Default)]
@@ -146,16 +145,10 @@ pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-/// The key pin of a certificate: `sha256/` and the base64 of the SHA-256 of
-/// its SubjectPublicKeyInfo (the form of HPKP and ghostunnel).
+/// The key pin of a certificate (see [`crate::certs::spki_pin`]); `None`
+/// if it does not parse.
 pub fn spki_pin(cert: &[u8]) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(cert).ok()?;
-    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
-    Some(format!(
-        "sha256/{}",
-        base64::engine::general_purpose::STANDARD.encode(digest)
-    ))
+    crate::certs::spki_pin(cert).ok()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -444,6 +437,17 @@ impl PeerVerifier {
     }
 }
 
+/// Logs a revoked peer certificate with its serial (as `certs show` and
+/// `certs revoke` print it): rustls's error names no certificate.
+fn log_revoked(e: &rustls::Error, end_entity: &CertificateDer<'_>) {
+    if *e == rustls::Error::InvalidCertificate(CertificateError::Revoked) {
+        let serial = crate::certs::cert_info(end_entity.as_ref())
+            .map(|i| i.serial)
+            .unwrap_or_default();
+        tracing::info!(%serial, "peer certificate is revoked");
+    }
+}
+
 impl ClientCertVerifier for PeerVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -468,7 +472,8 @@ impl ClientCertVerifier for PeerVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ids = self.record(end_entity);
         if let Some(v) = &self.webpki_client {
-            v.verify_client_cert(end_entity, intermediates, now)?;
+            v.verify_client_cert(end_entity, intermediates, now)
+                .inspect_err(|e| log_revoked(e, end_entity))?;
         }
         self.check_pin_and_dates(end_entity)?;
         if !self.peers.allows(&ids) {
@@ -511,7 +516,8 @@ impl ServerCertVerifier for PeerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.record(end_entity);
         if let Some(v) = &self.webpki_server {
-            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .inspect_err(|e| log_revoked(e, end_entity))?;
         }
         self.check_pin_and_dates(end_entity)?;
         Ok(ServerCertVerified::assertion())
