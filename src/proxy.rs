@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -92,12 +92,10 @@ where
         count: &meter.down,
         meter,
     };
-    // 16 KiB is one full TLS record: a read from TLS never needs two
-    // buffer fills, and a write to TLS produces full-size records.
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, 16 * 1024);
+    let copy = copy_both_ways(&mut a, &mut b);
     let Some(idle) = idle else {
         return match copy.await {
-            Ok(_) => End::Finished,
+            Ok(()) => End::Finished,
             Err(e) => End::Error(e),
         };
     };
@@ -112,11 +110,157 @@ where
     };
     tokio::select! {
         r = copy => match r {
-            Ok(_) => End::Finished,
+            Ok(()) => End::Finished,
             Err(e) => End::Error(e),
         },
         () = watchdog => End::Idle(idle),
     }
+}
+
+/// Size of the per-thread buffer every read goes into first.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// Reads land here, and are written on at once; only what the writer
+    /// cannot take right away is copied into a buffer of the connection's
+    /// own. So an idle connection holds no copy buffer at all (tokio's
+    /// `copy_bidirectional` keeps two per connection for its whole life),
+    /// and a busy one reads in large chunks.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// One direction of a copy.
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet written (the writer was not ready).
+    pending: Option<Box<[u8]>>,
+    pos: usize,
+    read_done: bool,
+    need_flush: bool,
+    shut_down: bool,
+}
+
+enum Read {
+    /// Bytes were read and all or part of them written.
+    Progress,
+    Eof,
+    /// Nothing to read now.
+    Blocked,
+}
+
+impl Direction {
+    /// Moves bytes from `r` to `w` until both block (Pending) or `r`
+    /// ends and `w` is shut down (Ready). Same contract as tokio's
+    /// `copy_bidirectional` for one direction: EOF becomes `shutdown()`,
+    /// flushes happen before waiting for more input.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.shut_down {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(buf) = &self.pending {
+                while self.pos < buf.len() {
+                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.pos += n;
+                    self.need_flush = true;
+                }
+                self.pending = None;
+                self.pos = 0;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.shut_down = true;
+                continue;
+            }
+            match self.read_and_write(cx, r, w)? {
+                Read::Progress => {}
+                Read::Eof => self.read_done = true,
+                Read::Blocked => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> io::Result<Read>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH.with(|scratch| {
+            // Only this function borrows the scratch buffer, and it does
+            // not call back into itself: the borrow cannot fail.
+            let mut scratch = scratch.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                Poll::Pending => return Ok(Read::Blocked),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                return Ok(Read::Eof);
+            }
+            let mut written = 0;
+            while written < n {
+                match Pin::new(&mut *w).poll_write(cx, &scratch[written..n]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(k)) => {
+                        written += k;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => {
+                        self.pending = Some(scratch[written..n].into());
+                        self.pos = 0;
+                        break;
+                    }
+                }
+            }
+            Ok(Read::Progress)
+        })
+    }
+}
+
+/// Copies both ways until both directions have ended (or one fails).
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    std::future::poll_fn(|cx| {
+        let there = a_to_b.poll_copy(cx, a, b)?;
+        let back = b_to_a.poll_copy(cx, b, a)?;
+        ready!(there);
+        ready!(back);
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// A stream that counts the bytes read from it and notes the time.

@@ -151,8 +151,16 @@ pub fn spki_pin(cert: &[u8]) -> Option<String> {
     crate::certs::spki_pin(cert).ok()
 }
 
+/// aws-lc-rs with AES-128-GCM preferred: as strong as needed here and
+/// faster than AES-256-GCM, which rustls lists first. Both ends being
+/// dctunnel, the client's order decides.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        let name = format!("{:?}", s.suite());
+        (!name.contains("AES_128_GCM"), !name.starts_with("TLS13"))
+    });
+    Arc::new(provider)
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
