@@ -65,16 +65,18 @@ async fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Hapro
         ),
     )
     .unwrap();
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("haproxy is not installed (./test.sh installs it)");
+    let guard = Haproxy(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("haproxy is not installed (./test.sh installs it)"),
+    );
     for _ in 0..500 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (Haproxy(child), port);
+            return (guard, port);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
