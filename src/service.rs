@@ -84,6 +84,9 @@ pub struct ServiceState {
     inner: Mutex<Open>,
     next_id: AtomicU64,
     pub accepted: AtomicU64,
+    /// TLS handshakes that resumed an earlier session (no certificate
+    /// exchange, cheaper).
+    pub resumed: AtomicU64,
     rejected: [AtomicU64; 6],
     /// Bytes of connections already closed (open ones are in their meters).
     closed_up: AtomicU64,
@@ -117,6 +120,7 @@ impl Default for ServiceState {
             inner: Mutex::default(),
             next_id: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
             rejected: Default::default(),
             closed_up: AtomicU64::new(0),
             closed_down: AtomicU64::new(0),
@@ -357,6 +361,7 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
             state
                 .handshake_seconds
                 .observe(started.elapsed().as_secs_f64());
+            note_resumption(state, tls.get_ref().1.handshake_kind());
             let ids = tls
                 .get_ref()
                 .1
@@ -441,6 +446,7 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 }
                 Ok(Ok(s)) => s,
             };
+            note_resumption(&guard.state, tls.get_ref().1.handshake_kind());
             guard
                 .state
                 .handshake_seconds
@@ -456,6 +462,12 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
             let _ = guard.info.peer.set(peer);
             forward(tcp, tls, service, guard).await;
         }
+    }
+}
+
+fn note_resumption(state: &ServiceState, kind: Option<rustls::HandshakeKind>) {
+    if kind == Some(rustls::HandshakeKind::Resumed) {
+        state.resumed.fetch_add(1, Ordering::Relaxed);
     }
 }
 

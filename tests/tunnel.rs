@@ -497,3 +497,59 @@ async fn tls12_only_peer_is_refused_by_default() {
     assert!(!direct_tls(&t, std::sync::Arc::new(old), SERVER).await);
     t.daemon.shutdown().await;
 }
+
+/// A pool filling up opens many connections at once: they resume TLS
+/// sessions instead of doing full handshakes (the client side keeps
+/// enough tickets for a burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_new_connections_resume_sessions() {
+    let t = tunnel(echo_backend().await, TunnelOpts::default()).await;
+    let burst = |n: usize| {
+        let entrance = t.entrance;
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                tasks.push(tokio::spawn(async move {
+                    let mut c = TcpStream::connect(entrance).await.unwrap();
+                    assert_eq!(roundtrip(&mut c, b"x").await, b"x");
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    burst(60).await; // the first connection is full; tickets accumulate
+    let plain = t.daemon.state("plain").unwrap();
+    let before = plain.resumed.load(std::sync::atomic::Ordering::Relaxed);
+    burst(50).await;
+    let resumed = plain.resumed.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        resumed >= 45,
+        "only {resumed} of 50 concurrent connections resumed"
+    );
+    // The server side saw the same resumptions.
+    let tls = t.daemon.state("tls").unwrap();
+    assert!(tls.resumed.load(std::sync::atomic::Ordering::Relaxed) >= resumed);
+    t.daemon.shutdown().await;
+}
+
+/// tls_resumption = false: every handshake is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumption_can_be_switched_off() {
+    let t = tunnel(
+        echo_backend().await,
+        TunnelOpts {
+            client_extra: "tls_resumption = false".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(t.entrance).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"x").await, b"x");
+    }
+    let plain = t.daemon.state("plain").unwrap();
+    assert_eq!(plain.resumed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    t.daemon.shutdown().await;
+}

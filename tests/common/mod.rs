@@ -513,3 +513,97 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs the real `dctunnel certs ARGS...`, asserting success; returns what
+/// it printed on stdout.
+pub fn certs_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dctunnel certs {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rest of the first line of `out` that starts with `prefix`, e.g.
+/// `printed(out, "pin: ")` after `certs issue` or `certs keygen`.
+pub fn printed<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{out}"))
+}
+
+/// The files `certs issue` and `certs keygen` write for `name` in `dir`.
+pub fn host_files(dir: &Path, name: &str) -> HostCert {
+    HostCert {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+
+/// Starts a daemon in-process from configuration `text`; the folder holds
+/// the file and must outlive the daemon.
+pub fn start_daemon(text: &str) -> (tempfile::TempDir, Daemon) {
+    let (dir, c) = config(text);
+    let c = c.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    (dir, Daemon::start(c).unwrap())
+}
+
+/// Connects to `addr` with TLS as `config` (SNI `name`), sends a few bytes
+/// and says whether they came back (the service forwards to an echo
+/// backend). In TLS 1.3 a refused client certificate shows on the first
+/// read, not in the client's handshake.
+pub async fn tls_echo(addr: SocketAddr, config: Arc<rustls::ClientConfig>, name: &str) -> bool {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
+        .connect(sni, tcp)
+        .await
+    else {
+        return false;
+    };
+    if tls.write_all(b"hello").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && &buf == b"hello"
+}
+
+impl Pki {
+    /// A certificate with common name `cn` and exactly the DNS SANs `sans`
+    /// (none at all if empty: then its identity is its CN).
+    pub fn issue_names(&self, cn: &str, sans: &[&str]) -> HostCert {
+        let now = time::OffsetDateTime::now_utc();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| SanType::DnsName((*s).try_into().unwrap()))
+            .collect();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let unique = format!("names-{}", rand_suffix());
+        let cert_path = self.dir.path().join(format!("{unique}.pem"));
+        let key_path = self.dir.path().join(format!("{unique}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        write_private(&key_path, &key.serialize_pem());
+        HostCert {
+            cert: cert_path,
+            key: key_path,
+        }
+    }
+}
