@@ -40,6 +40,9 @@ enum Command {
     Certs(dctunnel::certs::CertsCommand),
     /// Translate a stunnel configuration into dctunnel's TOML.
     ImportStunnel(dctunnel::stunnel::ImportArgs),
+    /// Show the running daemon's services, counters and certificates
+    /// (asks the [admin] endpoint of the configuration).
+    Status(dctunnel::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +58,6 @@ fn main() -> ExitCode {
         Command::Check { config } => dctunnel::check::main(&config),
         Command::Certs(cmd) => dctunnel::certs::main(cmd),
         Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
+        Command::Status(args) => dctunnel::status::main(args),
     }
 }
