@@ -1007,13 +1007,26 @@ pub fn describe(service: &Service) -> BTreeMap<&'static str, String> {
                 .join(", ")
         },
     );
+    let peers = match &service.role {
+        Role::Server { peers, .. } => peers.to_string(),
+        Role::Client { server_name, .. } => {
+            format!("server must prove {}", server_name.to_str())
+        }
+    };
+    let pins = service.files.peer_pins.len();
+    let pinned = format!(
+        "a pinned key ({pins} pin{})",
+        if pins == 1 { "" } else { "s" }
+    );
     m.insert(
         "peers",
-        match &service.role {
-            Role::Server { peers, .. } => peers.to_string(),
-            Role::Client { server_name, .. } => {
-                format!("server must prove {}", server_name.to_str())
-            }
+        // Without a CA only the pin is checked: no chain, and in client
+        // mode no server name either.
+        match (pins, service.files.ca.is_some(), &service.role) {
+            (0, _, _) => peers,
+            (_, false, Role::Client { .. }) => format!("server must hold {pinned}"),
+            (_, false, Role::Server { peers: p, .. }) if **p == PeerPolicy::Any => pinned,
+            _ => format!("{peers}, with {pinned}"),
         },
     );
     m
