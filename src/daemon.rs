@@ -26,6 +26,8 @@ pub struct Daemon {
     tracker: TaskTracker,
     close_all: CancellationToken,
     shutdown_timeout: Duration,
+    /// The admin address the daemon started with (a reload cannot move it).
+    admin: Option<SocketAddr>,
 }
 
 struct Running {
@@ -158,6 +160,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             close_all: CancellationToken::new(),
             shutdown_timeout: config.shutdown_timeout,
+            admin: config.admin,
         };
         let mut bound = Vec::new();
         for s in &config.services {
@@ -317,6 +320,13 @@ impl Daemon {
             }
         }
         self.shutdown_timeout = config.shutdown_timeout;
+        if config.admin != self.admin {
+            warn!(
+                running = ?self.admin,
+                configured = ?config.admin,
+                "[admin] changed: a reload does not move the admin endpoint; restart dctunnel to apply it"
+            );
+        }
         Ok(report)
     }
 
