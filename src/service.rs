@@ -370,7 +370,11 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 .map(tls::identities)
                 .unwrap_or_default();
             let peer = ids.join(",");
-            tracing::Span::current().record("peer", &peer);
+            // The verifier already put the presented names in the span,
+            // except on a resumed handshake, where it does not run.
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                tracing::Span::current().record("peer", &peer);
+            }
             // The verifier already checked this; a resumed session skips
             // the verifier, so check again against the current list.
             if !peers.allows(&ids) {
@@ -458,7 +462,11 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 .and_then(|c| c.first())
                 .map(|c| tls::identities(c).join(","))
                 .unwrap_or_default();
-            tracing::Span::current().record("peer", &peer);
+            // The verifier already put the presented names in the span,
+            // except on a resumed handshake, where it does not run.
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                tracing::Span::current().record("peer", &peer);
+            }
             let _ = guard.info.peer.set(peer);
             forward(tcp, tls, service, guard).await;
         }
@@ -512,8 +520,25 @@ where
         End::Error(e) if is_ordinary(&e) => {
             debug!(up, down, ?duration, error = %e, "connection closed by a peer")
         }
+        End::Error(e) if down == 0 && is_alert(&e) => {
+            // In TLS 1.3 a client finishes its handshake before the server
+            // has judged its certificate: a refusal arrives as an alert on
+            // the first read. Count it as the refusal it is.
+            guard.state.reject(Rejection::HandshakeFailed);
+            info!(up, ?duration, error = %e, reason = %Rejection::HandshakeFailed,
+                "connection refused by the remote");
+        }
         End::Error(e) => info!(up, down, ?duration, error = %e, "connection closed on error"),
     }
+}
+
+/// Whether the peer ended the connection with a fatal TLS alert.
+fn is_alert(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(_))
+    )
 }
 
 /// Resets, broken pipes and TCP closes without close_notify are how

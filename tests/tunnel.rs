@@ -553,3 +553,30 @@ async fn resumption_can_be_switched_off() {
     assert_eq!(plain.resumed.load(std::sync::atomic::Ordering::Relaxed), 0);
     t.daemon.shutdown().await;
 }
+
+/// When the server side refuses our certificate, the client side learns it
+/// from an alert after its own handshake (TLS 1.3): it counts and logs a
+/// refusal, not an ordinary close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_side_counts_a_refusal_by_the_remote() {
+    let t = tunnel(
+        echo_backend().await,
+        TunnelOpts {
+            allow_peers: Some(r#"["somebody-else.test"]"#.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut c = TcpStream::connect(t.entrance).await.unwrap();
+    let _ = c.write_all(b"PING").await;
+    let (got, _) = read_to_end(&mut c).await;
+    assert!(got.is_empty());
+    let plain = t.daemon.state("plain").unwrap();
+    eventually("client side counted the refusal", || {
+        plain.rejected(Rejection::HandshakeFailed) == 1
+    })
+    .await;
+    let tls = t.daemon.state("tls").unwrap();
+    assert_eq!(tls.rejected(Rejection::PeerNotAllowed), 1);
+    t.daemon.shutdown().await;
+}
