@@ -239,9 +239,11 @@ async fn stunnel_server_refuses_a_dctunnel_client_from_another_ca() {
     stunnel.wait_for("unable to get local issuer certificate");
     stunnel.wait_for(&format!("Rejected by CERT at depth=0: CN={CLIENT}"));
     // TLS 1.3: the client's handshake ends before the server has judged the
-    // client certificate, so dctunnel hears the verdict as an alert.
-    let f = dc.wait_for("connection closed on error");
+    // client certificate, so dctunnel hears the verdict as an alert, and
+    // counts it as a refusal.
+    let f = dc.wait_for("connection refused by the remote");
     assert!(f["error"].as_str().unwrap().contains("UnknownCA"), "{f}");
+    assert_eq!(f["reason"], "handshake_failed", "{f}");
     assert_eq!(reached.load(Ordering::SeqCst), 0, "the backend was reached");
 }
 
@@ -271,7 +273,7 @@ async fn stunnel_server_check_host_refuses_a_dctunnel_client_with_another_name()
     assert_eq!(refused(entrance).await, b"");
     stunnel.wait_for("CERT: Subject checks failed");
     stunnel.wait_for(&format!("Rejected by CERT at depth=0: CN={INTRUDER}"));
-    dc.wait_for("connection closed on error");
+    dc.wait_for("connection refused by the remote");
     assert_eq!(reached.load(Ordering::SeqCst), 0, "the backend was reached");
 }
 
