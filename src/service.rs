@@ -349,11 +349,15 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                     )
                 }
                 Ok(Err(e)) => {
-                    return refuse(
-                        guard,
-                        handshake_rejection(&e),
-                        &format!("TLS handshake failed: {e}"),
-                    )
+                    let why = handshake_rejection(&e);
+                    let message = match why {
+                        Rejection::PeerNotAllowed => {
+                            "peer identity not in allow_peers (see peer= for the names it presented)"
+                                .to_string()
+                        }
+                        _ => format!("TLS handshake failed: {e}"),
+                    };
+                    return refuse(guard, why, &message);
                 }
                 Ok(Ok(s)) => s,
             };
