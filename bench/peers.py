@@ -248,7 +248,10 @@ class Dctunnel(Peer):
             + self._service("wan", "client", self.entrance["wan"], self.relay_port)
         )
         ends = []
-        for role, text in (("server", server), ("client", client)):
+        # Extra top-level TOML for both ends (e.g. "[daemon]\nworker_threads = 1"),
+        # to compare daemon settings without editing the suite.
+        prefix = os.environ.get("DCTUNNEL_BENCH_TOML", "").replace("\\n", "\n")
+        for role, text in (("server", prefix + "\n" + server), ("client", prefix + "\n" + client)):
             cfg = self.dir / f"{role}.toml"
             cfg.write_text(text)
             ends.append(

@@ -35,6 +35,8 @@ pub struct Config {
     pub services: Vec<Arc<Service>>,
     /// How long open connections may go on after a stop is asked for.
     pub shutdown_timeout: Duration,
+    /// Threads carrying connections; `None`: one per core.
+    pub worker_threads: Option<usize>,
     /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
     pub admin: Option<SocketAddr>,
 }
@@ -285,6 +287,7 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     shutdown_timeout: Option<String>,
+    worker_threads: Option<usize>,
 }
 
 /// Reads and checks the configuration file at `path`.
@@ -417,6 +420,13 @@ impl Context {
                 }
             },
         };
+        if daemon.worker_threads == Some(0) {
+            self.problem(
+                None,
+                Some("[daemon].worker_threads"),
+                "must be at least 1 (leave it out for one per core)",
+            );
+        }
         let raw_services = match table.remove("service") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items,
@@ -502,6 +512,7 @@ impl Context {
             path: self.file.clone(),
             services,
             shutdown_timeout,
+            worker_threads: daemon.worker_threads,
             admin,
         })
     }

@@ -377,10 +377,21 @@ pub fn main(path: &Path) -> ExitCode {
         }
     };
     systemd::raise_nofile_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: no cross-thread wake-ups, the lowest latency when the
+    // machine is shared; several: handshakes and streams on every core.
+    let runtime = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the runtime: {e}");

@@ -407,3 +407,23 @@ fn shipped_configurations_pass_check() {
         dir.display()
     );
 }
+
+#[test]
+fn daemon_settings_are_checked() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let service = server(&pki, &h, r#"allow_peers = ["*"]"#);
+    let p = problems(&format!("[daemon]\nworker_threads = 0\n{service}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("[daemon].worker_threads: must be at least 1"),
+        "{p:#?}"
+    );
+    let p = problems(&format!("[daemon]\nshutdown_timeout = \"soon\"\n{service}"));
+    assert!(
+        p[0].contains("[daemon].shutdown_timeout: \"soon\" is not a duration"),
+        "{p:#?}"
+    );
+    let (_d, c) = config(&format!("[daemon]\nworker_threads = 1\n{service}"));
+    assert_eq!(c.unwrap().worker_threads, Some(1));
+}
