@@ -210,6 +210,12 @@ def markdown(results, path, chart_path):
             w(f"| {peer} | {t['protocol']} | {t['cipher']} |")
         w("")
 
+    # What each optimisation bought, and the profile behind what is still
+    # missing: written by hand (it compares runs), kept beside the suite.
+    notes = Path(__file__).resolve().parent / "optimisations.md"
+    if notes.exists():
+        w(notes.read_text().rstrip() + "\n")
+
     w("## Exact commands\n")
     w("ENTRANCE is the client end's listening port of the peer measured (the backend's own "
       "port for `direct`); N is chosen per peer by a short calibration run (also a warm-up) "
