@@ -285,3 +285,69 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The systemd notify protocol, spoken to a datagram socket standing in for
+/// systemd: READY=1 once listening, RELOADING=1 then READY=1 around a
+/// reload with the outcome in STATUS=, STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_when_ready_reloading_and_stopping() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let good = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
+    let path = write_config(&dir, &good);
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).expect("no notification within 20 s");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let mut p = Proc::start(
+        &path,
+        &format!(
+            "NOTIFY_SOCKET={}; export NOTIFY_SOCKET;",
+            socket_path.display()
+        ),
+    );
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert!(ready.contains("STATUS=running 2 service(s)"), "{ready:?}");
+    // Listening before READY: the entrance answers now.
+    let entrance = p.listening("plain");
+    let mut conn = TcpStream::connect(entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut conn, b"ready").await, b"ready");
+
+    write_config(&dir, &good.replace("mode = \"client\"", "mode = \"nope\""));
+    p.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    let after = next();
+    assert!(
+        after.contains("READY=1") && after.contains("last reload FAILED"),
+        "{after:?}"
+    );
+
+    write_config(&dir, &good);
+    p.signal("HUP");
+    assert!(next().starts_with("RELOADING=1"));
+    let after = next();
+    assert!(
+        after.contains("READY=1") && after.contains("last reload OK"),
+        "{after:?}"
+    );
+
+    drop(conn);
+    p.signal("TERM");
+    let stopping = next();
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
+    assert_eq!(p.wait_exit(), Some(0));
+}
