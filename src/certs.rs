@@ -226,6 +226,21 @@ pub struct IssueArgs {
     /// CA directory (holding ca.pem and ca.key).
     #[arg(long, value_name = "DIR")]
     pub ca: PathBuf,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Arguments of `dctunnel certs keygen`.
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// What `issue` and `keygen` both take: the host's names, validity, key
+/// type and where to write.
+#[derive(clap::Args, Debug)]
+pub struct HostArgs {
     /// Host name: the common name and the first DNS subject alternative name.
     #[arg(long)]
     pub name: String,
@@ -246,27 +261,18 @@ pub struct IssueArgs {
     pub out: PathBuf,
 }
 
-/// Arguments of `dctunnel certs keygen`.
-#[derive(clap::Args, Debug)]
-pub struct KeygenArgs {
-    /// Host name: the common name and the first DNS subject alternative name.
-    #[arg(long)]
-    pub name: String,
-    /// Extra DNS names (repeatable, or comma-separated).
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
-    pub dns: Vec<String>,
-    /// IP addresses (repeatable, or comma-separated).
-    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
-    pub ip: Vec<IpAddr>,
-    /// Validity in days.
-    #[arg(long, default_value_t = DEFAULT_HOST_DAYS)]
-    pub days: u32,
-    /// Key algorithm.
-    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
-    pub key_type: KeyType,
-    /// Output directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+impl HostArgs {
+    /// The library options, and the output directory.
+    fn into_options(self) -> (HostOptions, PathBuf) {
+        let opts = HostOptions {
+            name: self.name,
+            dns: self.dns,
+            ips: self.ip,
+            days: self.days,
+            key_type: self.key_type,
+        };
+        (opts, self.out)
+    }
 }
 
 /// Arguments of `dctunnel certs show`.
@@ -505,14 +511,8 @@ fn run_init_ca(args: InitCaArgs) -> Result<(), CertsError> {
 }
 
 fn run_issue(args: IssueArgs) -> Result<(), CertsError> {
-    let opts = HostOptions {
-        name: args.name,
-        dns: args.dns,
-        ips: args.ip,
-        days: args.days,
-        key_type: args.key_type,
-    };
-    let w = issue(&args.ca, &args.out, &opts)?;
+    let (opts, out) = args.host.into_options();
+    let w = issue(&args.ca, &out, &opts)?;
     let ca_cert = absolute(&args.ca.join(CA_CERT_FILE));
     print_written(&w, "certificate")?;
     if let Ok(ca) = read_ca_not_after(&args.ca) {
@@ -535,14 +535,8 @@ fn run_issue(args: IssueArgs) -> Result<(), CertsError> {
 }
 
 fn run_keygen(args: KeygenArgs) -> Result<(), CertsError> {
-    let opts = HostOptions {
-        name: args.name,
-        dns: args.dns,
-        ips: args.ip,
-        days: args.days,
-        key_type: args.key_type,
-    };
-    let w = keygen(&args.out, &opts)?;
+    let (opts, out) = args.host.into_options();
+    let w = keygen(&out, &opts)?;
     print_written(&w, "self-signed certificate")?;
     println!();
     println!("On {} itself:", opts.name);

@@ -366,24 +366,8 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 // each connection's task 6.7 kB.
                 Ok(Ok(s)) => Box::new(s),
             };
-            let state = &guard.state;
-            state
-                .handshake_seconds
-                .observe(started.elapsed().as_secs_f64());
-            note_resumption(state, tls.get_ref().1.handshake_kind());
-            let ids = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(tls::identities)
-                .unwrap_or_default();
+            let ids = handshake_done(guard, started, tls.get_ref().1);
             let peer = ids.join(",");
-            // The verifier already put the presented names in the span,
-            // except on a resumed handshake, where it does not run.
-            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                tracing::Span::current().record("peer", &peer);
-            }
             // The verifier already checked this; a resumed session skips
             // the verifier, so check again against the current list.
             if !peers.allows(&ids) {
@@ -394,10 +378,8 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 );
             }
             let _ = guard.info.peer.set(peer);
-            let started = tokio::time::Instant::now();
-            let mut backend = match connect_any(&service.connect, service.connect_timeout).await {
-                Ok(b) => b,
-                Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
+            let Some(mut backend) = connect(service, guard).await else {
+                return;
             };
             if let (Some(version), Some(local)) = (service.proxy_protocol, local) {
                 let tls_version = match tls.get_ref().1.protocol_version() {
@@ -419,27 +401,12 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                     );
                 }
             }
-            state
-                .connect_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Ok(addr) = backend.peer_addr() {
-                let _ = guard.info.remote.set(addr);
-            }
             forward(tls, backend, service, guard).await;
         }
         Role::Client { tls, server_name } => {
-            let started = tokio::time::Instant::now();
-            let remote = match connect_any(&service.connect, service.connect_timeout).await {
-                Ok(r) => r,
-                Err(e) => return refuse(guard, Rejection::BackendConnectFailed, &e),
+            let Some(remote) = connect(service, guard).await else {
+                return;
             };
-            guard
-                .state
-                .connect_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Ok(addr) = remote.peer_addr() {
-                let _ = guard.info.remote.set(addr);
-            }
             let started = tokio::time::Instant::now();
             let handshake = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);
             // The handshake's state is on the heap only while it runs.
@@ -464,33 +431,61 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) {
                 // each connection's task 6.7 kB.
                 Ok(Ok(s)) => Box::new(s),
             };
-            note_resumption(&guard.state, tls.get_ref().1.handshake_kind());
-            guard
-                .state
-                .handshake_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| tls::identities(c).join(","))
-                .unwrap_or_default();
-            // The verifier already put the presented names in the span,
-            // except on a resumed handshake, where it does not run.
-            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                tracing::Span::current().record("peer", &peer);
-            }
+            let peer = handshake_done(guard, started, tls.get_ref().1).join(",");
             let _ = guard.info.peer.set(peer);
             forward(tcp, tls, service, guard).await;
         }
     }
 }
 
-fn note_resumption(state: &ServiceState, kind: Option<rustls::HandshakeKind>) {
-    if kind == Some(rustls::HandshakeKind::Resumed) {
+/// Connects to the service's backend (server mode) or remote (client
+/// mode), timing it and noting the address; `None` once refused.
+async fn connect(service: &Service, guard: &ConnGuard) -> Option<TcpStream> {
+    let started = tokio::time::Instant::now();
+    match connect_any(&service.connect, service.connect_timeout).await {
+        Ok(stream) => {
+            guard
+                .state
+                .connect_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Ok(addr) = stream.peer_addr() {
+                let _ = guard.info.remote.set(addr);
+            }
+            Some(stream)
+        }
+        Err(e) => {
+            refuse(guard, Rejection::BackendConnectFailed, &e);
+            None
+        }
+    }
+}
+
+/// Records a finished handshake (its time, whether it resumed) and returns
+/// the names the peer's certificate proves.
+fn handshake_done(
+    guard: &ConnGuard,
+    started: tokio::time::Instant,
+    conn: &rustls::CommonState,
+) -> Vec<String> {
+    let state = &guard.state;
+    state
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if resumed {
         state.resumed.fetch_add(1, Ordering::Relaxed);
     }
+    let ids = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(tls::identities)
+        .unwrap_or_default();
+    // The verifier already put the presented names in the span, except on
+    // a resumed handshake, where it does not run.
+    if resumed {
+        tracing::Span::current().record("peer", ids.join(","));
+    }
+    ids
 }
 
 fn refuse(guard: &ConnGuard, why: Rejection, message: &str) {
