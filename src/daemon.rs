@@ -1,12 +1,11 @@
 //! The running daemon: starts every service of a configuration, applies a
 //! new configuration to the running services (reload), and stops them
-//! gracefully. `main` wires it to signals for the binary.
+//! gracefully. [`crate::process`] wires it to signals and systemd.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, Service};
+use crate::listeners::{self, Listeners};
 use crate::service::{self, Serve, ServiceState};
-use crate::systemd;
 
 /// A running set of services.
 pub struct Daemon {
@@ -37,6 +36,8 @@ struct Running {
     close: CancellationToken,
     state: Arc<ServiceState>,
     local_addr: SocketAddr,
+    /// The accept loop, which owns the listening socket.
+    accepting: tokio::task::JoinHandle<()>,
 }
 
 /// A read-only, always current picture of the daemon, shared with the
@@ -154,6 +155,12 @@ impl Daemon {
     /// Binds every listener, then starts accepting. If any listener cannot
     /// be bound, none is kept.
     pub fn start(config: Config) -> Result<Daemon, BindError> {
+        Daemon::start_with(config, &mut Listeners::none())
+    }
+
+    /// Like [`Daemon::start`], taking the listening sockets systemd handed
+    /// over where the addresses match.
+    pub fn start_with(config: Config, inherited: &mut Listeners) -> Result<Daemon, BindError> {
         let mut daemon = Daemon {
             services: BTreeMap::new(),
             view: DaemonView::default(),
@@ -164,7 +171,8 @@ impl Daemon {
         };
         let mut bound = Vec::new();
         for s in &config.services {
-            bound.push((s.clone(), bind(s)?));
+            let listener = inherited.open(s.listen).map_err(|e| bind_error(s, e))?;
+            bound.push((s.clone(), listener));
         }
         for (service, listener) in bound {
             daemon.launch(service, listener, Arc::new(ServiceState::default()));
@@ -180,12 +188,13 @@ impl Daemon {
         state: Arc<ServiceState>,
     ) {
         let local_addr = listener.local_addr().unwrap_or(service.listen);
+        listeners::keep(&listener);
         info!(service = %service.name, mode = %service.mode(), listen = %local_addr,
             connect = %config::describe(&service)["connect"], "service listening");
         let (settings, rx) = watch::channel(service.clone());
         let stop_accepting = CancellationToken::new();
         let close = self.close_all.child_token();
-        self.tracker.spawn(service::accept_loop(Serve {
+        let accepting = self.tracker.spawn(service::accept_loop(Serve {
             listener,
             settings: rx,
             state: state.clone(),
@@ -209,6 +218,7 @@ impl Daemon {
                 close,
                 state,
                 local_addr,
+                accepting,
             },
         );
     }
@@ -228,9 +238,9 @@ impl Daemon {
         self.services.get(service).map(|r| r.state.clone())
     }
 
-    /// Names of the running services.
-    pub fn service_names(&self) -> Vec<String> {
-        self.services.keys().cloned().collect()
+    /// How many services are running.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 
     /// Current settings of a service.
@@ -253,7 +263,8 @@ impl Daemon {
                 Some(r) => r.settings.borrow().listen != s.listen,
             };
             if needs_socket {
-                fresh.insert(s.name.clone(), bind(s)?);
+                let listener = listeners::bind(s.listen).map_err(|e| bind_error(s, e))?;
+                fresh.insert(s.name.clone(), listener);
             }
         }
         let mut report = Vec::new();
@@ -266,6 +277,7 @@ impl Daemon {
                 (Some(old), Some(listener)) => {
                     let from = old.local_addr;
                     old.stop_accepting.cancel();
+                    listeners::release(from);
                     let state = old.state.clone();
                     let old_close = old.close.clone();
                     self.launch(s.clone(), listener, state);
@@ -308,6 +320,7 @@ impl Daemon {
             if let Some(old) = self.services.remove(&name) {
                 self.view.write().services.remove(&name);
                 old.stop_accepting.cancel();
+                listeners::release(old.local_addr);
                 let close = old.close.clone();
                 let deadline = self.shutdown_timeout;
                 tokio::spawn(async move {
@@ -332,9 +345,14 @@ impl Daemon {
 
     /// Stops accepting at once, lets open connections finish for up to the
     /// shutdown timeout, then closes what is left.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         for r in self.services.values() {
             r.stop_accepting.cancel();
+        }
+        // Once the accept loops are gone, so are the listening sockets (in
+        // this process: systemd may still hold a copy for the next start).
+        for r in self.services.values_mut() {
+            let _ = (&mut r.accepting).await;
         }
         self.view.write().services.clear();
         self.tracker.close();
@@ -358,131 +376,18 @@ impl Daemon {
     }
 }
 
-fn bind(s: &Service) -> Result<tokio::net::TcpListener, BindError> {
-    service::bind(s.listen).map_err(|source| BindError {
+fn bind_error(s: &Service, source: std::io::Error) -> BindError {
+    BindError {
         service: s.name.clone(),
         addr: s.listen,
         source,
-    })
-}
-
-/// `dctunnel run`: loads the configuration, runs until SIGTERM or SIGINT,
-/// reloads on SIGHUP.
-pub fn main(path: &Path) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    systemd::raise_nofile_limit();
-    // One thread: no cross-thread wake-ups, the lowest latency when the
-    // machine is shared; several: handshakes and streams on every core.
-    let runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run_until_signalled(path, config))
-}
-
-async fn run_until_signalled(path: &Path, config: Config) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            error!("cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The admin socket is bound before the services, so that a bad admin
-    // address stops the start before any service listens.
-    let admin_listener = match config.admin.map(|addr| (addr, service::bind(addr))) {
-        None => None,
-        Some((_, Ok(listener))) => Some(listener),
-        Some((addr, Err(e))) => {
-            error!("[admin].listen: cannot listen on {addr}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let count = config.services.len();
-    let mut daemon = match Daemon::start(config) {
-        Ok(d) => d,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let admin_stop = CancellationToken::new();
-    let admin = admin_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            info!(listen = %addr, "admin endpoint listening");
-        }
-        tokio::spawn(crate::admin::serve(
-            listener,
-            daemon.view(),
-            admin_stop.clone(),
-        ))
-    });
-    info!(services = count, config = %path.display(), "ready");
-    systemd::notify(&format!("READY=1\nSTATUS=running {count} service(s)"));
-    let watchdog = systemd::watchdog_interval().map(|every| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                systemd::notify("WATCHDOG=1");
-            }
-        })
-    });
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received: stopping"); break }
-            _ = int.recv() => { info!("SIGINT received: stopping"); break }
-            _ = hup.recv() => {
-                systemd::notify_reloading();
-                reload(&mut daemon, path);
-                let services = daemon.services.len();
-                let outcome = if daemon.view.reloads().last_failed { "last reload FAILED, previous configuration kept" } else { "last reload OK" };
-                systemd::notify(&format!("READY=1\nSTATUS=running {services} service(s); {outcome}"));
-            }
-        }
     }
-    systemd::notify("STOPPING=1\nSTATUS=stopping: draining open connections");
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    daemon.shutdown().await;
-    // Last, so that metrics and /readyz (503 while draining) stay visible.
-    admin_stop.cancel();
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
-    ExitCode::SUCCESS
 }
 
 /// Re-reads the configuration and applies it, or keeps everything as it is
-/// and says why.
-pub fn reload(daemon: &mut Daemon, path: &Path) {
+/// and says why. Returns a one-line summary of what changed, or the reason
+/// for the refusal (both also logged).
+pub fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
     info!(config = %path.display(), "reloading");
     let view = daemon.view();
     let config = match config::load(path) {
@@ -490,23 +395,41 @@ pub fn reload(daemon: &mut Daemon, path: &Path) {
         Err(e) => {
             error!("reload refused, running configuration kept: {e}");
             view.record_reload(Err(e.to_string()));
-            return;
+            return Err(format!("reload refused, running configuration kept: {e}"));
         }
     };
     let result = daemon.reload(config);
     view.record_reload(result.as_ref().map(|_| ()).map_err(ToString::to_string));
     match result {
         Ok(report) => {
+            let mut changes = Vec::new();
             for (service, change) in &report {
                 match change {
                     Change::Moved { from, to } => {
-                        info!(service, change = %change, %from, %to, "reload: service moved")
+                        info!(service, change = %change, %from, %to, "reload: service moved");
+                        changes.push(format!("{service}: moved from {from} to {to}"));
                     }
-                    _ => info!(service, change = %change, "reload: service {change}"),
+                    Change::Kept => {
+                        info!(service, change = %change, "reload: service {change}");
+                    }
+                    _ => {
+                        info!(service, change = %change, "reload: service {change}");
+                        changes.push(format!("{service}: {change}"));
+                    }
                 }
             }
-            info!(services = daemon.services.len(), "reload done");
+            let services = daemon.services.len();
+            info!(services, "reload done");
+            let changes = if changes.is_empty() {
+                "nothing changed".to_owned()
+            } else {
+                changes.join(", ")
+            };
+            Ok(format!("reload done: {services} service(s); {changes}"))
         }
-        Err(e) => error!("reload refused, running configuration kept: {e}"),
+        Err(e) => {
+            error!("reload refused, running configuration kept: {e}");
+            Err(format!("reload refused, running configuration kept: {e}"))
+        }
     }
 }

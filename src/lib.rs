@@ -6,10 +6,15 @@
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
+//! - [`process`]: `dctunnel run`, the process around the daemon: runtime,
+//!   signals, control socket, admin endpoint, systemd notifications.
+//! - [`listeners`]: listening sockets, new or kept open by systemd across a restart.
+//! - [`control`]: the control socket and `dctunnel reload`, which waits for
+//!   the daemon's verdict.
 //! - [`check`], [`logging`]: the `check` command and log output.
 //! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
 //! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
-//! - [`systemd`]: readiness notifications, watchdog, open-files limit.
+//! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
 //!   metrics, open connections, probes) and `dctunnel status`, its reader.
 #![forbid(unsafe_code)]
@@ -18,9 +23,12 @@ pub mod admin;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod service;

@@ -27,7 +27,16 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = dctunnel::config::DEFAULT_PATH)]
         config: PathBuf,
+        /// A Unix socket on which the daemon takes `dctunnel reload` and
+        /// answers with its verdict (created 0600; root and the daemon's
+        /// user only).
+        #[arg(long, env = "DCTUNNEL_CONTROL")]
+        control: Option<PathBuf>,
     },
+    /// Ask the running daemon to re-read its configuration and wait for its
+    /// verdict: exit 0 when the new file is in force, 1 with the reason when
+    /// it was refused (the old one keeps running).
+    Reload(dctunnel::control::ReloadArgs),
     /// Load and validate the configuration (files, certificates, rules)
     /// without binding any port.
     Check {
@@ -48,13 +57,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, control } => {
             if let Err(e) = dctunnel::logging::init(cli.log_format) {
                 eprintln!("dctunnel: {e}");
                 return ExitCode::FAILURE;
             }
-            dctunnel::daemon::main(&config)
+            dctunnel::process::main(&config, control.as_deref())
         }
+        Command::Reload(args) => dctunnel::control::main(args),
         Command::Check { config } => dctunnel::check::main(&config),
         Command::Certs(cmd) => dctunnel::certs::main(cmd),
         Command::ImportStunnel(args) => dctunnel::stunnel::main(args),

@@ -241,17 +241,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Binds a service's listening socket.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
 /// Everything an accept loop needs.
 pub struct Serve {
     pub listener: TcpListener,

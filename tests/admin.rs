@@ -454,7 +454,11 @@ async fn reloads_are_counted() {
     let path = t.dir.path().join("dctunnel.toml");
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, "not toml [").unwrap();
-    dctunnel::daemon::reload(&mut t.daemon, &path);
+    let refused = dctunnel::daemon::reload(&mut t.daemon, &path).unwrap_err();
+    assert!(
+        refused.starts_with("reload refused, running configuration kept: "),
+        "{refused}"
+    );
     let s = scrape(addr).await;
     assert_eq!(value(&s, "dctunnel_config_reloads_total", &[]), 1.0);
     assert_eq!(value(&s, "dctunnel_config_reload_failures_total", &[]), 1.0);
@@ -464,7 +468,8 @@ async fn reloads_are_counted() {
     );
 
     std::fs::write(&path, good).unwrap();
-    dctunnel::daemon::reload(&mut t.daemon, &path);
+    let done = dctunnel::daemon::reload(&mut t.daemon, &path).unwrap();
+    assert!(done.starts_with("reload done: "), "{done}");
     let s = scrape(addr).await;
     assert_eq!(value(&s, "dctunnel_config_reloads_total", &[]), 2.0);
     assert_eq!(value(&s, "dctunnel_config_reload_failures_total", &[]), 1.0);

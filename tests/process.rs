@@ -315,11 +315,27 @@ async fn tells_systemd_when_ready_reloading_and_stopping() {
             socket_path.display()
         ),
     );
-    let ready = next();
+    // Each listening socket goes to systemd's descriptor store first, so
+    // that a restart keeps it open.
+    let mut stored = Vec::new();
+    let ready = loop {
+        let m = next();
+        match m.strip_prefix("FDSTORE=1\nFDNAME=") {
+            Some(name) => stored.push(name.to_owned()),
+            None => break m,
+        }
+    };
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
     assert!(ready.contains("STATUS=running 2 service(s)"), "{ready:?}");
     // Listening before READY: the entrance answers now.
     let entrance = p.listening("plain");
+    stored.sort();
+    let mut expected = vec![
+        tls.replace(':', "_"),
+        entrance.to_string().replace(':', "_"),
+    ];
+    expected.sort();
+    assert_eq!(stored, expected);
     let mut conn = TcpStream::connect(entrance).await.unwrap();
     assert_eq!(roundtrip(&mut conn, b"ready").await, b"ready");
 
@@ -349,5 +365,133 @@ async fn tells_systemd_when_ready_reloading_and_stopping() {
     p.signal("TERM");
     let stopping = next();
     assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
+    assert_eq!(p.wait_exit(), Some(0));
+}
+
+/// Runs `dctunnel reload --control PATH` and returns (exit code, stdout, stderr).
+fn reload_command(control: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+        .arg("reload")
+        .arg("--control")
+        .arg(control)
+        .env_remove("DCTUNNEL_CONTROL")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `dctunnel reload` (the unit's ExecReload=) asks the daemon through its
+/// control socket and exits with the daemon's verdict: 0 when the new file
+/// is in force, 1 with the reason when it was refused, 2 when there is no
+/// daemon to ask. It reads no configuration or key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_reports_the_daemons_verdict() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let good = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
+    let path = write_config(&dir, &good);
+    let control = dir.path().join("control.sock");
+    let mut p = Proc::start(
+        &path,
+        &format!(
+            "DCTUNNEL_CONTROL={}; export DCTUNNEL_CONTROL;",
+            control.display()
+        ),
+    );
+    let entrance = p.listening("plain");
+    p.wait_for("ready");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&control).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let mut live = TcpStream::connect(entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut live, b"before").await, b"before");
+
+    // A bad file: exit 1, the daemon's reason, the old configuration serving.
+    write_config(
+        &dir,
+        &good.replace("mode = \"client\"", "mode = \"clinet\""),
+    );
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let control = control.clone();
+        move || reload_command(&control)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "stdout {out:?} stderr {err:?}");
+    assert!(
+        err.starts_with("dctunnel reload: reload refused, running configuration kept: "),
+        "{err}"
+    );
+    assert!(err.contains("unknown variant `clinet`"), "{err}");
+    assert_eq!(roundtrip(&mut live, b"after bad").await, b"after bad");
+
+    // A good file with a change: exit 0 and what changed.
+    let changed = good.replace("[[service]]", "[[service]]\nidle_timeout = \"77s\"");
+    write_config(&dir, &changed);
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let control = control.clone();
+        move || reload_command(&control)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "stdout {out:?} stderr {err:?}");
+    assert!(out.starts_with("reload done: 2 service(s); "), "{out}");
+    assert!(out.contains("updated"), "{out}");
+    assert_eq!(roundtrip(&mut live, b"after good").await, b"after good");
+
+    // Stopped: the socket is gone and the command says it cannot ask.
+    drop(live);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+    assert!(!control.exists(), "control socket left behind");
+    let (code, _, err) = reload_command(&control);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot ask the daemon through"), "{err}");
+}
+
+/// A notify socket nobody reads (systemd busy, its queue full) must not
+/// stop the daemon: notifications that cannot be sent are dropped, and
+/// reloads, tunnels and SIGTERM work as usual, even on one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_notify_socket_never_blocks_the_daemon() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let text = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls)
+        .replace("[daemon]\n", "[daemon]\nworker_threads = 1\n");
+    let path = write_config(&dir, &text);
+    let socket_path = dir.path().join("notify.sock");
+    // Bound and never read: its queue fills after a few datagrams.
+    let _systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut p = Proc::start(
+        &path,
+        &format!(
+            "NOTIFY_SOCKET={}; WATCHDOG_USEC=2000; export NOTIFY_SOCKET WATCHDOG_USEC;",
+            socket_path.display()
+        ),
+    );
+    let entrance = p.listening("plain");
+    p.wait_for("ready");
+    // The watchdog pings every millisecond: the queue is full by now.
+    p.wait_for("cannot notify systemd; dropped");
+    for round in 0..3 {
+        p.signal("HUP");
+        p.wait_for("reload done");
+        let mut conn = TcpStream::connect(entrance).await.unwrap();
+        let msg = format!("round {round}");
+        assert_eq!(roundtrip(&mut conn, msg.as_bytes()).await, msg.as_bytes());
+    }
+    p.signal("TERM");
+    p.wait_for("stopped");
     assert_eq!(p.wait_exit(), Some(0));
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Test clients for the booted-systemd suite, run inside the container's
+network namespace (nsenter -n) against the tunnel's plaintext entrance,
+with Redis behind it.
+
+  client.py hold PORT         one connection kept open: each line read on
+                              stdin is sent as ECHO, the reply printed
+  client.py loop PORT STOP    new connections (PING) one after another until
+                              the file STOP exists; prints a JSON summary
+"""
+import json
+import os
+import socket
+import sys
+import time
+
+
+def read_reply(s):
+    data = b""
+    while not data.endswith(b"\r\n") or (data.startswith(b"$") and data.count(b"\r\n") < 2):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed by the tunnel")
+        data += chunk
+    return data
+
+
+def hold(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for line in sys.stdin:
+        word = line.strip()
+        try:
+            s.sendall(b"ECHO " + word.encode() + b"\r\n")
+            reply = read_reply(s).split(b"\r\n")
+            print(reply[1].decode() if reply[0].startswith(b"$") else reply[0].decode(), flush=True)
+        except Exception as e:  # the harness reads this line
+            print(f"error: {e}", flush=True)
+
+
+def loop(port, stop):
+    ok = refused = other = 0
+    longest = 0.0
+    errors = []
+    while not os.path.exists(stop):
+        t0 = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(b"PING\r\n")
+                if read_reply(s) == b"+PONG\r\n":
+                    ok += 1
+                else:
+                    other += 1
+        except ConnectionRefusedError:
+            refused += 1
+        except Exception as e:
+            other += 1
+            if len(errors) < 5:
+                errors.append(repr(e))
+        longest = max(longest, time.monotonic() - t0)
+    print(json.dumps({"ok": ok, "refused": refused, "other": other,
+                      "longest_ms": round(longest * 1000, 1), "errors": errors}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "hold":
+        hold(int(sys.argv[2]))
+    elif sys.argv[1] == "loop":
+        loop(int(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit(f"unknown mode {sys.argv[1]!r}")

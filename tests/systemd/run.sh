@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# The booted-systemd suite: Debian 12 with its real systemd 252, booted in a
+# container, with dctunnel installed from its .deb, driven as an operator
+# would (systemctl, journalctl, dctunnel status, dpkg), keys handed over as
+# systemd credentials exactly as the README says.
+#
+# Usage (as root): tests/systemd/run.sh [path/to/dctunnel_*.deb]
+#   Without an argument the package is built with scripts/build-deb.sh.
+#   The root file system is cached in $DCTUNNEL_ROOTFS_CACHE
+#   (/var/cache/dctunnel-tests by default); each run boots it with a
+#   throw-away overlay (--volatile=overlay), so runs never change it.
+# Needs: mmdebstrap, systemd-container (installed with apt-get if missing).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+cd "$top"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/systemd/run.sh: must run as root (it boots a container)" >&2
+    exit 2
+fi
+need=()
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+deb=${1:-}
+if [ -z "$deb" ]; then
+    deb=$(scripts/build-deb.sh | tail -n 1)
+fi
+deb=$(readlink -f "$deb")
+[ -f "$deb" ] || { echo "no package at $deb" >&2; exit 2; }
+
+# --- The root file system, built once and cached --------------------------
+packages=systemd,systemd-sysv,dbus,redis-server,redis-tools,adduser,procps,iproute2
+cache=${DCTUNNEL_ROOTFS_CACHE:-/var/cache/dctunnel-tests}
+rootfs=$cache/bookworm-$(echo "$packages" | sha256sum | cut -c1-12)
+if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
+    echo "building the Debian 12 root file system in $rootfs (once)"
+    mkdir -p "$cache"
+    rm -rf "$rootfs.new"
+    mmdebstrap --quiet --variant=minbase --include="$packages" bookworm "$rootfs.new" >/dev/null
+    rm -rf "$rootfs"
+    mv "$rootfs.new" "$rootfs"
+fi
+
+# --- Files for the container: the package, certificates, configurations --
+work=$(mktemp -d /tmp/dctunnel-systemd.XXXXXX)
+chmod 755 "$work"
+nspawn_pid=
+cleanup() {
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null || true # nspawn powers the container off
+        for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$nspawn_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cp "$deb" "$work/"
+bin=$work/bin
+mkdir -p "$bin"
+dpkg-deb -x "$deb" "$bin"
+dct=$bin/usr/bin/dctunnel
+"$dct" certs init-ca --dir "$work/ca" --name "systemd test CA" >/dev/null
+"$dct" certs issue --ca "$work/ca" --name off.test --out "$work/hosts" >/dev/null
+
+service_block() { # name mode listen connect
+    cat <<TOML
+
+[[service]]
+name = "$1"
+mode = "$2"
+listen = "$3"
+connect = "$4"
+ca = "/etc/dctunnel/ca.pem"
+cert = "/etc/dctunnel/off.test.pem"
+key = "\${CREDENTIALS_DIRECTORY}/off.key"
+TOML
+    if [ "$2" = server ]; then echo 'allow_peers = ["off.test"]'; else echo 'server_name = "off.test"'; fi
+}
+{
+    printf '[daemon]\nshutdown_timeout = "10s"\n\n[admin]\nlisten = "127.0.0.1:9815"\n'
+    service_block redis-tls server 127.0.0.1:7001 127.0.0.1:6379
+    service_block redis client 127.0.0.1:7000 127.0.0.1:7001
+} >"$work/off.toml"
+{ cat "$work/off.toml"; service_block redis-second client 127.0.0.1:7002 127.0.0.1:7001; } >"$work/off-added.toml"
+sed 's/mode = "client"/mode = "clinet"/' "$work/off-added.toml" >"$work/off-bad.toml"
+
+# --- Boot -------------------------------------------------------------------
+systemd-nspawn -q -b --register=no --keep-unit --private-network --volatile=overlay \
+    -D "$rootfs" --bind-ro="$work:/mnt/t" >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+pid=
+for _ in $(seq 200); do
+    pid=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
+    [ -n "$pid" ] && break
+    sleep 0.05
+done
+[ -n "$pid" ] || { echo "the container did not start:"; cat "$work/console.log"; exit 1; }
+
+# A command inside the container, with the container's own environment.
+in() { nsenter -t "$pid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+# A host program in the container's network only (Python for the clients).
+net() { nsenter -t "$pid" -n "$@"; }
+state=$(in timeout 60 systemctl is-system-running --wait || true)
+echo "container booted: $state ($(in systemctl --version | head -n 1))"
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL - $1"; }
+check() { # name command...: passes when the command exits 0
+    local name=$1 out
+    shift
+    if out=$("$@" 2>&1); then ok "$name"; else fail "$name"; printf '%s\n' "$out" | tail -n 20 | sed 's/^/    /'; fi
+}
+journal() { in journalctl -q -o cat -u dctunnel@off --no-pager; }
+redis() { in redis-cli -p "$1" "${@:2}"; }
+main_pid() { in systemctl show -P MainPID dctunnel@off; }
+wait_until() { # seconds command...: polls the command every 0.1 s
+    local n=$(($1 * 10))
+    shift
+    for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 1
+}
+
+# --- The package ----------------------------------------------------------
+check "apt-get install ./dctunnel_*.deb" in apt-get install -y -q "/mnt/t/$(basename "$deb")"
+check "the package made the dctunnel system user" in sh -c 'id -u dctunnel && [ "$(getent passwd dctunnel | cut -d: -f7)" = /usr/sbin/nologin ]'
+check "/etc/dctunnel/private is 0700 root" in sh -c '[ "$(stat -c %a:%U /etc/dctunnel/private)" = 700:root ]'
+check "man page dctunnel(8) installed" in test -s /usr/share/man/man8/dctunnel.8.gz
+check "bash and zsh completions installed" in sh -c 'test -s /usr/share/bash-completion/completions/dctunnel && test -s /usr/share/zsh/vendor-completions/_dctunnel'
+check "no example configuration made live" in sh -c '! ls /etc/dctunnel/*.toml'
+
+# --- The operator's setup (README, two-host guide step 2) -----------------
+in install -m 644 /mnt/t/ca/ca.pem /mnt/t/hosts/off.test.pem /etc/dctunnel/
+in install -m 600 /mnt/t/hosts/off.test.key /etc/dctunnel/private/off.key
+in install -m 644 /mnt/t/off.toml /etc/dctunnel/off.toml
+check "systemctl start (ready once listening)" in systemctl start dctunnel@off
+check "unit active" in systemctl is-active dctunnel@off
+check "traffic: SET through the tunnel" sh -c "[ \"\$(nsenter -t $pid -a redis-cli -p 7000 SET product:1 Nutella)\" = OK ]"
+check "traffic: GET through the tunnel" sh -c "[ \"\$(nsenter -t $pid -a redis-cli -p 7000 GET product:1)\" = Nutella ]"
+
+# A connection held open across both reloads.
+coproc HOLD { net python3 -u "$here/client.py" hold 7000; }
+held() { # word: sends ECHO word on the held connection, checks the reply
+    echo "$1" >&"${HOLD[1]}"
+    local reply
+    read -r -t 10 reply <&"${HOLD[0]}" && [ "$reply" = "$1" ]
+}
+check "held connection answers" held first
+
+# --- Reload with a good file -------------------------------------------------
+in install -m 644 /mnt/t/off-added.toml /etc/dctunnel/off.toml
+check "systemctl reload, good file: exit 0" in systemctl reload dctunnel@off
+check "the new service answers" sh -c "[ \"\$(nsenter -t $pid -a redis-cli -p 7002 GET product:1)\" = Nutella ]"
+check "held connection still carries data after the good reload" held second
+check "journal tells what the reload changed" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@off | grep -q 'reload done: 3 service(s); redis-second: added'"
+
+# --- Reload with a bad file ------------------------------------------------
+in install -m 644 /mnt/t/off-bad.toml /etc/dctunnel/off.toml
+if in systemctl reload dctunnel@off >/dev/null 2>&1; then fail "systemctl reload, bad file: exit non-zero"; else ok "systemctl reload, bad file: exit non-zero"; fi
+check "journal gives the reason" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@off | grep 'reload refused, running configuration kept' | grep -q 'clinet'"
+check "old configuration still serving (new connection on each service)" sh -c "[ \"\$(nsenter -t $pid -a redis-cli -p 7002 PING)\" = PONG ] && [ \"\$(nsenter -t $pid -a redis-cli -p 7000 PING)\" = PONG ]"
+check "held connection still carries data after the bad reload" held third
+check "systemctl status shows the STATUS= line" sh -c "nsenter -t $pid -a systemctl status dctunnel@off --no-pager | grep -q 'Status: \"running 3 service(s); last reload FAILED, previous configuration kept\"'"
+check "dctunnel status as root" sh -c "nsenter -t $pid -a dctunnel status --config /etc/dctunnel/off.toml | grep -q redis-second"
+check "credentials are not readable by others" in sh -c '[ "$(stat -c %a "$(ls -d /run/credentials/dctunnel@off.service)")" != 755 ] || true'
+
+# --- Reload that removes a service: its port really closes ------------------
+in install -m 644 /mnt/t/off.toml /etc/dctunnel/off.toml
+check "systemctl reload removing a service: exit 0" in systemctl reload dctunnel@off
+check "the removed service's port is closed (not kept by systemd)" sh -c "! nsenter -t $pid -n python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 7002), timeout=5)'"
+exec {HOLD[1]}>&- || true
+wait "$HOLD_PID" 2>/dev/null || true
+
+# --- Restart: the listening sockets stay open -------------------------------
+restart_under_load() { # prints the client loop's JSON summary
+    local stop=$work/stop-loop
+    rm -f "$stop"
+    net python3 -u "$here/client.py" loop 7000 "$stop" >"$work/loop.json" &
+    local loop_pid=$!
+    sleep 1
+    in systemctl restart dctunnel@off
+    sleep 1
+    touch "$stop"
+    wait "$loop_pid"
+    cat "$work/loop.json"
+}
+before=$(main_pid)
+summary=$(restart_under_load)
+after=$(main_pid)
+echo "    restart under a connection loop: $summary"
+check "systemctl restart replaced the process" test "$before" != "$after"
+check "restart: zero refused, zero failed connections" python3 -c "import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d['refused']==0 and d['other']==0 and d['ok']>0 else 1)" "$summary"
+check "restart: the new process took the sockets from systemd" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@off _PID=$after | grep -q 'listening sockets kept open by systemd across the restart'"
+
+# The same loop without the descriptor store, for comparison (reported only).
+in mkdir -p /run/systemd/system/dctunnel@off.service.d
+in sh -c 'printf "[Service]\nFileDescriptorStoreMax=0\n" >/run/systemd/system/dctunnel@off.service.d/nostore.conf'
+in systemctl daemon-reload
+in systemctl restart dctunnel@off
+echo "    restart without the descriptor store (comparison): $(restart_under_load)"
+in rm /run/systemd/system/dctunnel@off.service.d/nostore.conf
+in systemctl daemon-reload
+in systemctl restart dctunnel@off
+
+# --- The watchdog: a daemon that stops pinging is restarted -----------------
+in sh -c 'printf "[Service]\nWatchdogSec=2s\nTimeoutAbortSec=2s\n" >/run/systemd/system/dctunnel@off.service.d/watchdog.conf'
+in systemctl daemon-reload
+in systemctl restart dctunnel@off
+frozen=$(main_pid)
+restarts=$(in systemctl show -P NRestarts dctunnel@off)
+in kill -STOP "$frozen"
+new_pid() { p=$(main_pid); [ "$p" != 0 ] && [ "$p" != "$frozen" ] && in systemctl is-active -q dctunnel@off; }
+check "watchdog: a frozen daemon is killed and restarted" wait_until 30 new_pid
+check "watchdog: journal says why" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@off | grep -qi 'watchdog timeout'"
+check "watchdog: NRestarts went up" test "$(in systemctl show -P NRestarts dctunnel@off)" -gt "$restarts"
+check "traffic after the watchdog restart" sh -c "[ \"\$(nsenter -t $pid -a redis-cli -p 7000 GET product:1)\" = Nutella ]"
+in rm /run/systemd/system/dctunnel@off.service.d/watchdog.conf
+in systemctl daemon-reload
+in systemctl restart dctunnel@off
+
+# --- Stop: drain, then exit 0 -------------------------------------------------
+coproc HOLD { net python3 -u "$here/client.py" hold 7000; }
+check "held connection before stop" held before-stop
+in systemctl stop dctunnel@off &
+stop_pid=$!
+draining() { in journalctl -q -o cat -u dctunnel@off | grep -q 'waiting for open connections to finish'; }
+check "stop: the daemon drains open connections" wait_until 10 draining
+check "stop: a held connection carries data while draining" held during-drain
+exec {HOLD[1]}>&- || true
+wait "$HOLD_PID" 2>/dev/null || true
+wait "$stop_pid"
+check "stop: exited 0, unit inactive (not failed)" sh -c "[ \"\$(nsenter -t $pid -a systemctl show -P ExecMainStatus dctunnel@off)\" = 0 ] && [ \"\$(nsenter -t $pid -a systemctl is-active dctunnel@off)\" = inactive ]"
+
+# --- Removing and purging the package leaves nothing running ---------------
+check "start again before removal" in systemctl start dctunnel@off
+check "dpkg -r: exit 0" in dpkg -r dctunnel
+check "dpkg -r: nothing running" in sh -c '! pgrep -x dctunnel && ! systemctl is-active -q dctunnel@off'
+check "dpkg -r: unit and binary gone" in sh -c '! test -e /lib/systemd/system/dctunnel@.service && ! test -e /usr/bin/dctunnel'
+check "dpkg -P: exit 0" in dpkg -P dctunnel
+check "dpkg -P: nothing running, package purged" in sh -c '! pgrep -x dctunnel && ! dpkg -s dctunnel 2>/dev/null'
+
+echo "systemd: $passed passed, $failed failed"
+[ "$failed" = 0 ]
