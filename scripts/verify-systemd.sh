@@ -15,7 +15,7 @@ for unit in "$here"/systemd/*.service; do
     *@.service) inst="${name%@.service}@example.service" ;;
     *) inst="$name" ;;
     esac
-    sed "s#/usr/local/bin/dctunnel#$bin#g" "$unit" >"$tmp/$inst"
+    sed -E "s#/usr/(local/)?bin/dctunnel#$bin#g" "$unit" >"$tmp/$inst"
     out=$(systemd-analyze verify --man=no "$tmp/$inst" 2>&1) || status=1
     if [ -n "$out" ]; then
         echo "$out" >&2
