@@ -17,9 +17,11 @@
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
 //!   metrics, open connections, probes) and `dctunnel status`, its reader.
+//! - [`assets`]: man pages and shell completions for the Debian package.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod assets;
 pub mod certs;
 pub mod check;
 pub mod config;

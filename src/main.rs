@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dctunnel::logging::LogFormat;
 
 /// Carries plaintext TCP services between hosts inside mutual TLS.
@@ -52,6 +52,14 @@ enum Command {
     /// Show the running daemon's services, counters and certificates
     /// (asks the [admin] endpoint of the configuration).
     Status(dctunnel::status::StatusArgs),
+    /// Write the man pages and shell completions into a directory
+    /// (used by scripts/build-deb.sh).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The directory; created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,5 +77,6 @@ fn main() -> ExitCode {
         Command::Certs(cmd) => dctunnel::certs::main(cmd),
         Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
         Command::Status(args) => dctunnel::status::main(args),
+        Command::GenerateAssets { out } => dctunnel::assets::main(Cli::command(), &out),
     }
 }
