@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of dctunnel, after installing what the tests use from
-# Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4, haproxy).
-# Usage: ./test.sh            (as root, or with sudo available)
+# Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4,
+# haproxy; for the booted-systemd suite mmdebstrap, systemd-container,
+# lintian, dpkg-dev) and cargo-deb from crates.io.
+# Usage: ./test.sh            (as root: the last part boots a Debian 12
+#                              container; as another user it is skipped
+#                              with a message, except under CI=true)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,3 +39,14 @@ for f in config/*.toml; do
 done
 echo "config/*.toml: all pass dctunnel check"
 cargo test
+
+# The Debian package, then the booted-systemd suite installing it.
+if [ "$(id -u)" = 0 ]; then
+    deb=$(scripts/build-deb.sh | tail -n 1)
+    tests/systemd/run.sh "$deb"
+elif [ "${CI:-}" = true ]; then
+    echo "the booted-systemd suite needs root" >&2
+    exit 1
+else
+    echo "SKIPPED: package build and booted-systemd suite (run ./test.sh as root)"
+fi
