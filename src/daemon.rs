@@ -1,6 +1,9 @@
 //! The running daemon: starts every service of a configuration, applies a
 //! new configuration to the running services (reload), and stops them
 //! gracefully. [`crate::process`] wires it to signals and systemd.
+//!
+//! One registry, shared with the admin endpoint through [`DaemonView`],
+//! holds the running services: what the admin endpoint shows is what runs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,37 +23,42 @@ use crate::service::{self, Serve, ServiceState};
 
 /// A running set of services.
 pub struct Daemon {
-    services: BTreeMap<String, Running>,
-    view: DaemonView,
+    /// The one record of the running services and of reloads.
+    registry: DaemonView,
     tracker: TaskTracker,
     close_all: CancellationToken,
+    /// Cancelled when the daemon stops: ends the removal timers, whose
+    /// deadline the shutdown's own deadline replaces.
+    stopping: CancellationToken,
     shutdown_timeout: Duration,
     /// The admin address the daemon started with (a reload cannot move it).
     admin: Option<SocketAddr>,
 }
 
+/// One running service.
 struct Running {
     settings: watch::Sender<Arc<Service>>,
     stop_accepting: CancellationToken,
-    /// Closes this service's open connections.
+    /// Closes this service's open connections (those accepted on an
+    /// earlier address too, after a move).
     close: CancellationToken,
     state: Arc<ServiceState>,
     local_addr: SocketAddr,
-    /// The accept loop, which owns the listening socket.
-    accepting: tokio::task::JoinHandle<()>,
+    /// The accept loop, which owns the listening socket (taken at shutdown).
+    accepting: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A read-only, always current picture of the daemon, shared with the
 /// admin endpoint: which services listen, with what settings and counters,
-/// and how reloads went.
+/// and how reloads went. It reads the daemon's own registry.
 #[derive(Clone, Default)]
 pub struct DaemonView {
-    inner: Arc<std::sync::RwLock<ViewInner>>,
+    inner: Arc<std::sync::RwLock<Registry>>,
 }
 
 #[derive(Default)]
-struct ViewInner {
-    services: BTreeMap<String, ServiceView>,
+struct Registry {
+    services: BTreeMap<String, Running>,
     reloads: ReloadStats,
 }
 
@@ -76,12 +84,12 @@ pub struct ReloadStats {
 }
 
 impl DaemonView {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewInner> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
         // Writers replace whole entries, so a poisoned lock is consistent.
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewInner> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -90,7 +98,7 @@ impl DaemonView {
         self.read()
             .services
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(name, r)| (name.clone(), r.view()))
             .collect()
     }
 
@@ -112,6 +120,16 @@ impl DaemonView {
                 v.reloads.last_failed = true;
                 v.reloads.last_error = Some(e);
             }
+        }
+    }
+}
+
+impl Running {
+    fn view(&self) -> ServiceView {
+        ServiceView {
+            settings: self.settings.borrow().clone(),
+            state: self.state.clone(),
+            local_addr: self.local_addr,
         }
     }
 }
@@ -161,11 +179,11 @@ impl Daemon {
     /// Like [`Daemon::start`], taking the listening sockets systemd handed
     /// over where the addresses match.
     pub fn start_with(config: Config, inherited: &mut Listeners) -> Result<Daemon, BindError> {
-        let mut daemon = Daemon {
-            services: BTreeMap::new(),
-            view: DaemonView::default(),
+        let daemon = Daemon {
+            registry: DaemonView::default(),
             tracker: TaskTracker::new(),
             close_all: CancellationToken::new(),
+            stopping: CancellationToken::new(),
             shutdown_timeout: config.shutdown_timeout,
             admin: config.admin,
         };
@@ -174,26 +192,31 @@ impl Daemon {
             let listener = inherited.open(s.listen).map_err(|e| bind_error(s, e))?;
             bound.push((s.clone(), listener));
         }
+        let mut registry = daemon.registry.write();
         for (service, listener) in bound {
-            daemon.launch(service, listener, Arc::new(ServiceState::default()));
+            let close = daemon.close_all.child_token();
+            let running = daemon.launch(&service, listener, Arc::default(), close);
+            registry.services.insert(service.name.clone(), running);
         }
-        daemon.view.write().reloads.last_success = Some(std::time::SystemTime::now());
+        registry.reloads.last_success = Some(std::time::SystemTime::now());
+        drop(registry);
         Ok(daemon)
     }
 
+    /// Starts accepting on `listener` for `service`.
     fn launch(
-        &mut self,
-        service: Arc<Service>,
+        &self,
+        service: &Arc<Service>,
         listener: tokio::net::TcpListener,
         state: Arc<ServiceState>,
-    ) {
+        close: CancellationToken,
+    ) -> Running {
         let local_addr = listener.local_addr().unwrap_or(service.listen);
         listeners::keep(&listener);
         info!(service = %service.name, mode = %service.mode(), listen = %local_addr,
-            connect = %config::describe(&service)["connect"], "service listening");
+            connect = %config::describe(service)["connect"], "service listening");
         let (settings, rx) = watch::channel(service.clone());
         let stop_accepting = CancellationToken::new();
-        let close = self.close_all.child_token();
         let accepting = self.tracker.spawn(service::accept_loop(Serve {
             listener,
             settings: rx,
@@ -202,50 +225,49 @@ impl Daemon {
             close_all: close.clone(),
             tracker: self.tracker.clone(),
         }));
-        self.view.write().services.insert(
-            service.name.clone(),
-            ServiceView {
-                settings: service.clone(),
-                state: state.clone(),
-                local_addr,
-            },
-        );
-        self.services.insert(
-            service.name.clone(),
-            Running {
-                settings,
-                stop_accepting,
-                close,
-                state,
-                local_addr,
-                accepting,
-            },
-        );
+        Running {
+            settings,
+            stop_accepting,
+            close,
+            state,
+            local_addr,
+            accepting: Some(accepting),
+        }
     }
 
     /// A handle on the live picture of this daemon.
     pub fn view(&self) -> DaemonView {
-        self.view.clone()
+        self.registry.clone()
     }
 
     /// The address a service listens on (useful with port 0).
     pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
-        self.services.get(service).map(|r| r.local_addr)
+        self.registry
+            .read()
+            .services
+            .get(service)
+            .map(|r| r.local_addr)
     }
 
     /// The live counters and connections of a service.
     pub fn state(&self, service: &str) -> Option<Arc<ServiceState>> {
-        self.services.get(service).map(|r| r.state.clone())
+        self.registry
+            .read()
+            .services
+            .get(service)
+            .map(|r| r.state.clone())
     }
 
     /// How many services are running.
     pub fn service_count(&self) -> usize {
-        self.services.len()
+        self.registry.read().services.len()
     }
 
     /// Current settings of a service.
     pub fn settings(&self, service: &str) -> Option<Arc<Service>> {
-        self.services
+        self.registry
+            .read()
+            .services
             .get(service)
             .map(|r| r.settings.borrow().clone())
     }
@@ -253,84 +275,12 @@ impl Daemon {
     /// Applies a new, already checked configuration. New listeners are
     /// bound first: if one fails, nothing changes. Open connections are
     /// never touched, except those of a removed service, which are closed
-    /// once the shutdown timeout has passed.
-    pub fn reload(&mut self, config: Config) -> Result<Vec<(String, Change)>, BindError> {
-        // Bind everything new before changing anything.
-        let mut fresh = BTreeMap::new();
-        for s in &config.services {
-            let needs_socket = match self.services.get(&s.name) {
-                None => true,
-                Some(r) => r.settings.borrow().listen != s.listen,
-            };
-            if needs_socket {
-                let listener = listeners::bind(s.listen).map_err(|e| bind_error(s, e))?;
-                fresh.insert(s.name.clone(), listener);
-            }
-        }
-        let mut report = Vec::new();
-        for s in &config.services {
-            let change = match (self.services.get(&s.name), fresh.remove(&s.name)) {
-                (None, Some(listener)) => {
-                    self.launch(s.clone(), listener, Arc::new(ServiceState::default()));
-                    Change::Added
-                }
-                (Some(old), Some(listener)) => {
-                    let from = old.local_addr;
-                    old.stop_accepting.cancel();
-                    listeners::release(from);
-                    let state = old.state.clone();
-                    let old_close = old.close.clone();
-                    self.launch(s.clone(), listener, state);
-                    // Connections accepted on the old socket drain; they
-                    // still close with everything else at shutdown.
-                    let running = &self.services[&s.name];
-                    let new_close = running.close.clone();
-                    tokio::spawn(async move {
-                        new_close.cancelled().await;
-                        old_close.cancel();
-                    });
-                    Change::Moved {
-                        from,
-                        to: self.services[&s.name].local_addr,
-                    }
-                }
-                (Some(old), None) => {
-                    if old.settings.borrow().fingerprint == s.fingerprint {
-                        Change::Kept
-                    } else {
-                        old.settings.send_replace(s.clone());
-                        if let Some(v) = self.view.write().services.get_mut(&s.name) {
-                            v.settings = s.clone();
-                        }
-                        Change::Updated
-                    }
-                }
-                (None, None) => continue, // unreachable: every new service was bound above
-            };
-            report.push((s.name.clone(), change));
-        }
-        let keep: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-        let removed: Vec<String> = self
-            .services
-            .keys()
-            .filter(|n| !keep.contains(&n.as_str()))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(old) = self.services.remove(&name) {
-                self.view.write().services.remove(&name);
-                old.stop_accepting.cancel();
-                listeners::release(old.local_addr);
-                let close = old.close.clone();
-                let deadline = self.shutdown_timeout;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(deadline) => close.cancel(),
-                        () = close.cancelled() => {}
-                    }
-                });
-                report.push((name, Change::Removed));
-            }
+    /// once the shutdown timeout has passed. Returns once the sockets of
+    /// moved and removed services are closed.
+    pub async fn reload(&mut self, config: Config) -> Result<Vec<(String, Change)>, BindError> {
+        let (report, stopped) = self.apply(&config)?;
+        for handle in stopped {
+            let _ = handle.await;
         }
         self.shutdown_timeout = config.shutdown_timeout;
         if config.admin != self.admin {
@@ -343,30 +293,128 @@ impl Daemon {
         Ok(report)
     }
 
+    /// The synchronous part of a reload: binds, then changes the registry.
+    /// Returns the report and the accept loops that were told to stop.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &self,
+        config: &Config,
+    ) -> Result<(Vec<(String, Change)>, Vec<tokio::task::JoinHandle<()>>), BindError> {
+        let mut stopped = Vec::new();
+        let mut registry = self.registry.write();
+        // Bind everything new before changing anything.
+        let mut fresh = BTreeMap::new();
+        for s in &config.services {
+            let needs_socket = match registry.services.get(&s.name) {
+                None => true,
+                Some(r) => r.settings.borrow().listen != s.listen,
+            };
+            if needs_socket {
+                let listener = listeners::bind(s.listen).map_err(|e| bind_error(s, e))?;
+                fresh.insert(s.name.clone(), listener);
+            }
+        }
+        let mut report = Vec::new();
+        for s in &config.services {
+            let change = match (registry.services.remove(&s.name), fresh.remove(&s.name)) {
+                (None, Some(listener)) => {
+                    let close = self.close_all.child_token();
+                    let running = self.launch(s, listener, Arc::default(), close);
+                    registry.services.insert(s.name.clone(), running);
+                    Change::Added
+                }
+                (Some(mut old), Some(listener)) => {
+                    // Connections accepted on the old socket drain; they
+                    // share the service's close token with the new ones.
+                    old.stop_accepting.cancel();
+                    stopped.extend(old.accepting.take());
+                    listeners::release(old.local_addr);
+                    let running = self.launch(s, listener, old.state.clone(), old.close.clone());
+                    let change = Change::Moved {
+                        from: old.local_addr,
+                        to: running.local_addr,
+                    };
+                    registry.services.insert(s.name.clone(), running);
+                    change
+                }
+                (Some(old), None) => {
+                    let change = if old.settings.borrow().fingerprint == s.fingerprint {
+                        Change::Kept
+                    } else {
+                        old.settings.send_replace(s.clone());
+                        Change::Updated
+                    };
+                    registry.services.insert(s.name.clone(), old);
+                    change
+                }
+                (None, None) => continue, // unreachable: every new service was bound above
+            };
+            report.push((s.name.clone(), change));
+        }
+        let removed: Vec<String> = registry
+            .services
+            .keys()
+            .filter(|n| !config.services.iter().any(|s| &s.name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(mut old) = registry.services.remove(&name) {
+                old.stop_accepting.cancel();
+                stopped.extend(old.accepting.take());
+                listeners::release(old.local_addr);
+                self.close_after_timeout(old.close);
+                report.push((name, Change::Removed));
+            }
+        }
+        Ok((report, stopped))
+    }
+
+    /// Closes a removed service's remaining connections once the shutdown
+    /// timeout has passed (a stop of the daemon takes over its deadline).
+    fn close_after_timeout(&self, close: CancellationToken) {
+        let deadline = self.shutdown_timeout;
+        let stopping = self.stopping.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(deadline) => close.cancel(),
+                () = close.cancelled() => {}
+                () = stopping.cancelled() => {}
+            }
+        });
+    }
+
     /// Stops accepting at once, lets open connections finish for up to the
     /// shutdown timeout, then closes what is left.
-    pub async fn shutdown(mut self) {
-        for r in self.services.values() {
-            r.stop_accepting.cancel();
-        }
+    pub async fn shutdown(self) {
+        self.stopping.cancel();
+        let (accepting, states): (Vec<_>, Vec<_>) = {
+            let mut registry = self.registry.write();
+            let services = std::mem::take(&mut registry.services);
+            services
+                .into_values()
+                .map(|mut r| {
+                    r.stop_accepting.cancel();
+                    (r.accepting.take(), r.state)
+                })
+                .unzip()
+        };
         // Once the accept loops are gone, so are the listening sockets (in
         // this process: systemd may still hold a copy for the next start).
-        for r in self.services.values_mut() {
-            let _ = (&mut r.accepting).await;
+        for handle in accepting.into_iter().flatten() {
+            let _ = handle.await;
         }
-        self.view.write().services.clear();
         self.tracker.close();
-        let open: usize = self.services.values().map(|r| r.state.active()).sum();
-        if open > 0 {
-            info!(open, timeout = ?self.shutdown_timeout, "stopping: waiting for open connections to finish");
+        let open = |states: &[Arc<ServiceState>]| states.iter().map(|s| s.active()).sum::<usize>();
+        let n = open(&states);
+        if n > 0 {
+            info!(open = n, timeout = ?self.shutdown_timeout, "stopping: waiting for open connections to finish");
         }
         if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
             .await
             .is_err()
         {
-            let open: usize = self.services.values().map(|r| r.state.active()).sum();
             warn!(
-                open,
+                open = open(&states),
                 "shutdown timeout reached; closing the remaining connections"
             );
             self.close_all.cancel();
@@ -387,7 +435,7 @@ fn bind_error(s: &Service, source: std::io::Error) -> BindError {
 /// Re-reads the configuration and applies it, or keeps everything as it is
 /// and says why. Returns a one-line summary of what changed, or the reason
 /// for the refusal (both also logged).
-pub fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+pub async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
     info!(config = %path.display(), "reloading");
     let view = daemon.view();
     let config = match config::load(path) {
@@ -398,7 +446,7 @@ pub fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
             return Err(format!("reload refused, running configuration kept: {e}"));
         }
     };
-    let result = daemon.reload(config);
+    let result = daemon.reload(config).await;
     view.record_reload(result.as_ref().map(|_| ()).map_err(ToString::to_string));
     match result {
         Ok(report) => {
@@ -418,7 +466,7 @@ pub fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
                     }
                 }
             }
-            let services = daemon.services.len();
+            let services = daemon.service_count();
             info!(services, "reload done");
             let changes = if changes.is_empty() {
                 "nothing changed".to_owned()

@@ -2,16 +2,17 @@
 //! the control socket, the admin endpoint, and what systemd is told
 //! (readiness, reloads, watchdog, the descriptor store).
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::{self, Config};
 use crate::control;
-use crate::daemon::{self, Daemon};
+use crate::daemon::{self, Daemon, DaemonView};
 use crate::listeners::{self, Listeners};
 use crate::systemd;
 
@@ -47,54 +48,98 @@ pub fn main(path: &Path, control: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(path, control, config))
-}
-
-async fn run(path: &Path, control: Option<&Path>, config: Config) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            error!("cannot install signal handlers");
+    runtime.block_on(async {
+        let (commands, received) = mpsc::channel(8);
+        if let Err(e) = forward_signals(commands) {
+            error!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
-    };
+        match run(config, path, control, received, None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// What drives a running daemon: in the binary, signals (SIGHUP, SIGTERM,
+/// SIGINT); in tests, whatever the test sends.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the configuration file; the verdict goes to `reply` if any.
+    Reload {
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    },
+    /// Stop accepting, drain, and return.
+    Stop,
+}
+
+/// What [`run`] tells once every listener is open.
+#[derive(Clone)]
+pub struct Started {
+    /// Where the admin endpoint listens (the real port when configured as 0).
+    pub admin: Option<SocketAddr>,
+    /// The live picture of the daemon.
+    pub view: DaemonView,
+}
+
+/// Why [`run`] could not start. Every case is a problem of the
+/// configuration (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("[admin].listen: cannot listen on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--control: cannot listen on {}: {source}", path.display())]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Service(#[from] daemon::BindError),
+}
+
+/// Runs the daemon for `config` (read from `path`, which reloads re-read)
+/// until [`Command::Stop`] or until `commands` is closed: opens the admin
+/// endpoint and the control socket, starts every service, tells systemd,
+/// and applies reloads. `started` learns the bound addresses.
+pub async fn run(
+    config: Config,
+    path: &Path,
+    control: Option<&Path>,
+    mut commands: mpsc::Receiver<Command>,
+    started: Option<oneshot::Sender<Started>>,
+) -> Result<(), RunError> {
     let mut inherited = Listeners::from_env();
     // The admin and control sockets are opened before the services, so that
     // a bad address stops the start before any service listens.
-    let admin_listener = match config.admin.map(|addr| (addr, inherited.open(addr))) {
+    let admin_listener = match config.admin {
         None => None,
-        Some((_, Ok(listener))) => Some(listener),
-        Some((addr, Err(e))) => {
-            error!("[admin].listen: cannot listen on {addr}: {e}");
-            return ExitCode::from(2);
-        }
+        Some(addr) => Some(
+            inherited
+                .open(addr)
+                .map_err(|source| RunError::Admin { addr, source })?,
+        ),
     };
-    let control_listener = match control.map(|p| (p, control::listen(p))) {
+    let control_listener = match control {
         None => None,
-        Some((_, Ok(listener))) => Some(listener),
-        Some((p, Err(e))) => {
-            error!("--control: cannot listen on {}: {e}", p.display());
-            return ExitCode::from(2);
-        }
+        Some(p) => Some(control::listen(p).map_err(|source| RunError::Control {
+            path: p.to_owned(),
+            source,
+        })?),
     };
     let count = config.services.len();
-    let mut daemon = match Daemon::start_with(config, &mut inherited) {
-        Ok(d) => d,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut daemon = Daemon::start_with(config, &mut inherited)?;
     inherited.close_unused();
     let stop_side_tasks = CancellationToken::new();
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin = admin_listener.map(|listener| {
         listeners::keep(&listener);
-        if let Ok(addr) = listener.local_addr() {
+        if let Some(addr) = admin_addr {
             info!(listen = %addr, "admin endpoint listening");
         }
         tokio::spawn(crate::admin::serve(
@@ -114,6 +159,12 @@ async fn run(path: &Path, control: Option<&Path>, config: Config) -> ExitCode {
     }
     info!(services = count, config = %path.display(), "ready");
     systemd::notify(&format!("READY=1\nSTATUS=running {count} service(s)"));
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            admin: admin_addr,
+            view: daemon.view(),
+        });
+    }
     let watchdog = systemd::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -125,15 +176,18 @@ async fn run(path: &Path, control: Option<&Path>, config: Config) -> ExitCode {
     });
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received: stopping"); break }
-            _ = int.recv() => { info!("SIGINT received: stopping"); break }
-            _ = hup.recv() => {
-                info!("SIGHUP received");
-                let _ = reload(&mut daemon, path);
-            }
+            command = commands.recv() => match command {
+                Some(Command::Reload { reply }) => {
+                    let verdict = reload(&mut daemon, path).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(verdict);
+                    }
+                }
+                Some(Command::Stop) | None => break,
+            },
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
-                    let verdict = reload(&mut daemon, path);
+                    let verdict = reload(&mut daemon, path).await;
                     let _ = request.reply.send(verdict);
                 }
             },
@@ -152,13 +206,34 @@ async fn run(path: &Path, control: Option<&Path>, config: Config) -> ExitCode {
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+/// Turns signals into [`Command`]s: SIGHUP reloads, SIGTERM and SIGINT stop.
+fn forward_signals(commands: mpsc::Sender<Command>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let command = tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received: stopping"); Command::Stop }
+                _ = int.recv() => { info!("SIGINT received: stopping"); Command::Stop }
+                _ = hup.recv() => { info!("SIGHUP received"); Command::Reload { reply: None } }
+            };
+            if commands.send(command).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// One reload, framed by the notifications systemd expects.
-fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
     systemd::notify_reloading();
-    let verdict = daemon::reload(daemon, path);
+    let verdict = daemon::reload(daemon, path).await;
     let services = daemon.service_count();
     let outcome = match &verdict {
         Ok(_) => "last reload OK",

@@ -279,6 +279,7 @@ allow_peers = ["*"]
     std::fs::write(&path, guarded).unwrap();
     t.daemon
         .reload(dctunnel::config::load(&path).unwrap())
+        .await
         .unwrap();
     let addr = admin(t.daemon.view()).await;
     let tls_state = t.daemon.state("tls").unwrap();
@@ -454,7 +455,9 @@ async fn reloads_are_counted() {
     let path = t.dir.path().join("dctunnel.toml");
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, "not toml [").unwrap();
-    let refused = dctunnel::daemon::reload(&mut t.daemon, &path).unwrap_err();
+    let refused = dctunnel::daemon::reload(&mut t.daemon, &path)
+        .await
+        .unwrap_err();
     assert!(
         refused.starts_with("reload refused, running configuration kept: "),
         "{refused}"
@@ -468,7 +471,9 @@ async fn reloads_are_counted() {
     );
 
     std::fs::write(&path, good).unwrap();
-    let done = dctunnel::daemon::reload(&mut t.daemon, &path).unwrap();
+    let done = dctunnel::daemon::reload(&mut t.daemon, &path)
+        .await
+        .unwrap();
     assert!(done.starts_with("reload done: "), "{done}");
     let s = scrape(addr).await;
     assert_eq!(value(&s, "dctunnel_config_reloads_total", &[]), 2.0);

@@ -21,16 +21,16 @@ fn current(t: &Tunnel) -> String {
 }
 
 /// Writes `text` as the tunnel's config and reloads it the way SIGHUP does.
-fn reload_with(t: &mut Tunnel, text: &str) {
+async fn reload_with(t: &mut Tunnel, text: &str) {
     let path = config_path(t);
     std::fs::write(&path, text).unwrap();
     // The verdict is checked by each test through what it changed.
-    let _ = dctunnel::daemon::reload(&mut t.daemon, &path);
+    let _ = dctunnel::daemon::reload(&mut t.daemon, &path).await;
 }
 
-fn changes(t: &mut Tunnel, text: &str) -> Vec<(String, Change)> {
+async fn changes(t: &mut Tunnel, text: &str) -> Vec<(String, Change)> {
     let (_d, c) = config(text);
-    t.daemon.reload(c.unwrap()).unwrap()
+    t.daemon.reload(c.unwrap()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +39,7 @@ async fn unchanged_services_keep_their_connections() {
     let mut live = TcpStream::connect(t.entrance).await.unwrap();
     assert_eq!(roundtrip(&mut live, b"before").await, b"before");
     let text = current(&t);
-    let report = changes(&mut t, &text);
+    let report = changes(&mut t, &text).await;
     assert_eq!(
         report,
         vec![
@@ -61,7 +61,7 @@ async fn an_invalid_file_changes_nothing_and_is_recorded() {
     let before = t.daemon.settings("tls").unwrap();
     // Valid TOML, but the server side would let anybody in by mistake.
     let bad = good.replacen(&format!("allow_peers = [\"{CLIENT}\"]"), "", 1);
-    reload_with(&mut t, &bad);
+    reload_with(&mut t, &bad).await;
     let stats = t.daemon.view().reloads();
     assert_eq!(
         (stats.attempts, stats.failures, stats.last_failed),
@@ -79,7 +79,7 @@ async fn an_invalid_file_changes_nothing_and_is_recorded() {
     let mut fresh = TcpStream::connect(t.entrance).await.unwrap();
     assert_eq!(roundtrip(&mut fresh, b"new one").await, b"new one");
     // Fixing the file and reloading again succeeds.
-    reload_with(&mut t, &good);
+    reload_with(&mut t, &good).await;
     let stats = t.daemon.view().reloads();
     assert_eq!(
         (stats.attempts, stats.failures, stats.last_failed),
@@ -108,7 +108,7 @@ async fn certificate_rotation_applies_to_new_connections() {
             &t.server_cert.key.display().to_string(),
             &renewed.key.display().to_string(),
         );
-    let report = changes(&mut t, &text);
+    let report = changes(&mut t, &text).await;
     assert!(
         report.contains(&("tls".to_string(), Change::Updated)),
         "{report:?}"
@@ -174,7 +174,7 @@ async fn services_are_added_removed_and_moved() {
             1
         )
     );
-    let report = changes(&mut t, &moved);
+    let report = changes(&mut t, &moved).await;
     assert!(
         matches!(&report[1], (n, Change::Moved { from, to }) if n == "plain" && *from == old_entrance && to.to_string() == moved_to),
         "{report:?}"
@@ -192,7 +192,7 @@ async fn services_are_added_removed_and_moved() {
 
     // Removed: stops accepting at once, open connection goes on.
     let only_tls = moved[..moved.find("[[service]]\nname = \"plain\"").unwrap()].to_string();
-    let report = changes(&mut t, &only_tls);
+    let report = changes(&mut t, &only_tls).await;
     assert!(
         report.contains(&("plain".to_string(), Change::Removed)),
         "{report:?}"
@@ -208,7 +208,7 @@ async fn services_are_added_removed_and_moved() {
     assert!(t.daemon.state("plain").is_none());
 
     // Added back.
-    let report = changes(&mut t, &text);
+    let report = changes(&mut t, &text).await;
     assert!(
         report.contains(&("plain".to_string(), Change::Added)),
         "{report:?}"
@@ -256,7 +256,7 @@ async fn reloads_under_connection_churn_lose_nothing() {
     );
     for i in 0..20 {
         let text = if i % 2 == 0 { &updated } else { &b };
-        let report = changes(&mut t, text);
+        let report = changes(&mut t, text).await;
         assert!(
             report
                 .iter()

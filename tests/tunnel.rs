@@ -292,7 +292,7 @@ async fn wrong_server_name_is_refused_by_the_client_side() {
         );
     let (_d, c) = config(&text);
     let mut daemon = t.daemon;
-    daemon.reload(c.unwrap()).unwrap();
+    daemon.reload(c.unwrap()).await.unwrap();
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
     c.write_all(b"PING").await.unwrap();
     let (got, _) = read_to_end(&mut c).await;

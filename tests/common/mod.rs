@@ -277,7 +277,7 @@ key = "{key}"
         extra = opts.client_extra,
     );
     let (dir, c) = config(&full);
-    let changes = daemon.reload(c.unwrap()).unwrap();
+    let changes = daemon.reload(c.unwrap()).await.unwrap();
     assert!(changes.iter().any(|(n, _)| n == "plain"), "{changes:?}");
     let entrance = daemon.local_addr("plain").unwrap();
     Tunnel {

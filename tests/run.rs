@@ -1,0 +1,130 @@
+//! `process::run`, the whole daemon with its admin endpoint, driven
+//! in-process: everything on port 0, reloads and stop sent as commands.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use dctunnel::process::{self, Command, Started};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// A server-mode service on port 0, the admin endpoint on port 0, and as
+/// many more server-mode services as `extra`.
+fn text(pki: &Pki, s: &HostCert, backend: SocketAddr, extra: usize) -> String {
+    let mut t = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "tls"
+mode = "server"
+listen = "127.0.0.1:0"
+connect = "{backend}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+allow_peers = ["{CLIENT}"]
+"#,
+        ca = pki.ca_pem.display(),
+        cert = s.cert.display(),
+        key = s.key.display(),
+    );
+    for i in 0..extra {
+        t += &format!("\n[[service]]\nname = \"extra-{i}\"\nmode = \"server\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{backend}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nallow_peers = [\"{CLIENT}\"]\n",
+            ca = pki.ca_pem.display(), cert = s.cert.display(), key = s.key.display());
+    }
+    t
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_its_addresses_reloads_on_command_and_stops() {
+    let pki = Pki::new("CA");
+    let s = pki.issue(SERVER);
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    std::fs::write(&path, text(&pki, &s, backend, 0)).unwrap();
+    let config = dctunnel::config::load(&path).unwrap();
+
+    let (commands, received) = mpsc::channel(4);
+    let (started_tx, started) = oneshot::channel();
+    let run = tokio::spawn({
+        let path = path.clone();
+        async move { process::run(config, &path, None, received, Some(started_tx)).await }
+    });
+    let Started { admin, view } = started.await.unwrap();
+    let admin = admin.expect("admin endpoint configured");
+    assert_ne!(admin.port(), 0);
+    let status = get(admin, "/status").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"tls\""), "{status}");
+
+    // A reload adding a service: the verdict comes back, the endpoint shows it.
+    std::fs::write(&path, text(&pki, &s, backend, 1)).unwrap();
+    let (reply, verdict) = oneshot::channel();
+    commands
+        .send(Command::Reload { reply: Some(reply) })
+        .await
+        .unwrap();
+    let done = verdict.await.unwrap().unwrap();
+    assert_eq!(done, "reload done: 2 service(s); extra-0: added");
+    assert!(get(admin, "/status").await.contains("\"extra-0\""));
+    assert_eq!(view.services().len(), 2);
+
+    // A bad file: refused with the reason, nothing changes.
+    std::fs::write(&path, "[[service]]\nname = 1\n").unwrap();
+    let (reply, verdict) = oneshot::channel();
+    commands
+        .send(Command::Reload { reply: Some(reply) })
+        .await
+        .unwrap();
+    let refused = verdict.await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("reload refused, running configuration kept: "),
+        "{refused}"
+    );
+    assert_eq!(view.services().len(), 2);
+
+    commands.send(Command::Stop).await.unwrap();
+    run.await.unwrap().unwrap();
+    assert!(TcpStream::connect(admin).await.is_err(), "admin still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_busy_admin_address_before_any_service_listens() {
+    let pki = Pki::new("CA");
+    let s = pki.issue(SERVER);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    let t = text(&pki, &s, "127.0.0.1:9".parse().unwrap(), 0).replace(
+        "listen = \"127.0.0.1:0\"\n\n[[service]]",
+        &format!("listen = \"{addr}\"\n\n[[service]]"),
+    );
+    std::fs::write(&path, t).unwrap();
+    let config = dctunnel::config::load(&path).unwrap();
+    let (_commands, received) = mpsc::channel(1);
+    let err = process::run(config, &path, None, received, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("[admin].listen: cannot listen on {addr}: ")),
+        "{err}"
+    );
+}
