@@ -212,3 +212,42 @@ impl fmt::Display for Target {
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reload tells kept from updated by the fingerprint: the settings as
+    /// written, and the contents of the files, so that a certificate
+    /// renewed in place (same path, same settings) is still a change.
+    #[test]
+    fn fingerprints_compare_settings_and_file_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("off2.pem");
+        std::fs::write(&cert, "first").unwrap();
+        let files = TlsFiles {
+            cert: Some(cert.clone()),
+            ..TlsFiles::default()
+        };
+        let raw = raw::RawService {
+            name: Some("redis".into()),
+            cert: Some("off2.pem".into()),
+            ..raw::RawService::default()
+        };
+        let before = Fingerprint::of(raw.clone(), &files);
+        assert_eq!(before, Fingerprint::of(raw.clone(), &files));
+
+        let other = raw::RawService {
+            max_connections: Some(10),
+            ..raw.clone()
+        };
+        assert_ne!(before, Fingerprint::of(other, &files));
+
+        std::fs::write(&cert, "renewed").unwrap();
+        let after = Fingerprint::of(raw, &files);
+        assert_ne!(before, after);
+        // Debug names the files, never their contents (the key is one).
+        // "renewed" as a Vec<u8> would print as [114, 101, 110, ...].
+        assert!(!format!("{after:?}").contains("114, 101, 110"));
+    }
+}
