@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use crate::config;
 
+/// Exits 0 when the configuration would run, and 2, as `run` and `status`
+/// do, when it is missing or invalid.
 pub fn main(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
@@ -18,14 +20,14 @@ pub fn main(path: &Path) -> ExitCode {
                 let d = config::describe(s);
                 println!(
                     "  {:<20} {:<6} {} -> {}  sources: {}  peers: {}",
-                    s.name, d["mode"], s.listen, d["connect"], d["sources"], d["peers"]
+                    s.name, d.mode, d.listen, d.connect, d.sources, d.peers
                 );
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("dctunnel check: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -214,7 +214,7 @@ impl Daemon {
         let local_addr = listener.local_addr().unwrap_or(service.listen);
         listeners::keep(&listener);
         info!(service = %service.name, mode = %service.mode(), listen = %local_addr,
-            connect = %config::describe(service)["connect"], "service listening");
+            connect = %config::describe(service).connect, "service listening");
         let (settings, rx) = watch::channel(service.clone());
         let stop_accepting = CancellationToken::new();
         let accepting = self.tracker.spawn(service::accept_loop(Serve {

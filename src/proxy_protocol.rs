@@ -26,7 +26,7 @@ const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 /// Both addresses in one family: an IPv4 peer on an IPv6 socket is
 /// written as IPv4, and a remaining mix is written as IPv6.
 fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let canon = |a: SocketAddr| SocketAddr::new(crate::config::canonical_ip(a.ip()), a.port());
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let (src, dst) = (canon(src), canon(dst));
     let v6 = |a: SocketAddr| match a.ip() {
         IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),

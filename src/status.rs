@@ -379,9 +379,7 @@ fn sources(conns: &[&Connection]) -> String {
     const SHOWN: usize = 10;
     let mut count: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for c in conns {
-        *count
-            .entry(crate::config::canonical_ip(c.source.ip()))
-            .or_default() += 1;
+        *count.entry(c.source.ip().to_canonical()).or_default() += 1;
     }
     let mut count: Vec<(IpAddr, usize)> = count.into_iter().collect();
     count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

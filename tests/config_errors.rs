@@ -363,7 +363,7 @@ fn check_command_prints_services_or_problems() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
         stderr.contains("invalid configuration (1 problem)"),
@@ -426,4 +426,29 @@ fn daemon_settings_are_checked() {
     );
     let (_d, c) = config(&format!("[daemon]\nworker_threads = 1\n{service}"));
     assert_eq!(c.unwrap().worker_threads, Some(1));
+}
+
+#[test]
+fn tables_are_named_as_tables() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let service = server(&pki, &h, r#"allow_peers = ["*"]"#);
+    let p = problems(&format!("[defaults]\nverifyChain = true\n{service}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("dctunnel.toml: [defaults].verifyChain: unknown key; known keys: `name`"),
+        "{p:#?}"
+    );
+    let p = problems(&format!("[daemon]\nthreads = 2\n{service}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("dctunnel.toml: [daemon]: unknown field `threads`"),
+        "{p:#?}"
+    );
+    let p = problems(&format!("[admin]\nport = 9815\n{service}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("dctunnel.toml: [admin]: unknown field `port`"),
+        "{p:#?}"
+    );
 }

@@ -260,7 +260,7 @@ async fn keygen_pins_carry_a_tunnel_without_a_ca() {
     let on_server = pair.server.state("redis").unwrap().connections();
     assert_eq!(on_server[0].peer.get().unwrap(), OVH1);
     // What `dctunnel check` and the start-up log say each side checks.
-    let peers = |d: &Daemon| describe(&d.settings("redis").unwrap())["peers"].clone();
+    let peers = |d: &Daemon| describe(&d.settings("redis").unwrap()).peers.to_string();
     assert_eq!(peers(&pair.server), "a pinned key (1 pin)");
     assert_eq!(peers(&pair.client), "server must hold a pinned key (1 pin)");
     drop(c);
@@ -482,7 +482,9 @@ connect = "{backend}"
     ));
     let port = daemon.local_addr("redis").unwrap();
     assert_eq!(
-        describe(&daemon.settings("redis").unwrap())["peers"],
+        describe(&daemon.settings("redis").unwrap())
+            .peers
+            .to_string(),
         "any certificate the CA signed, with a pinned key (2 pins)"
     );
     let ca = pki.ca_pem();

@@ -5,10 +5,12 @@
 //!   `[sections]`, `include = DIR`, `;` and `#` comments), pure except for an
 //!   [`IncludeResolver`];
 //! - [`translate`] maps each section to a `[[service]]` and every option it
-//!   cannot carry to a [`Warning`];
+//!   cannot carry to a [`Warning`]; `identity` is its part about how the
+//!   peer is checked;
 //! - [`main`] does the I/O for the command line.
 
 mod address;
+mod identity;
 mod options;
 mod parse;
 mod render;

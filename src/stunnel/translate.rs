@@ -7,6 +7,8 @@
 //! silently (a client-mode entrance on every address, a server with pinned
 //! peers), the output is written so that `dctunnel check` refuses it until the
 //! user decides, with a comment saying what to choose.
+//!
+//! The part about how a section checked its peer is in `identity`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -128,7 +130,7 @@ pub fn translate(config: &StunnelConfig) -> Translation {
 /// A section's settings as stunnel sees them: its own, then those inherited
 /// from before the first section.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(super) struct View<'a> {
     global: &'a [Setting],
     own: &'a [Setting],
     section: Option<&'a str>,
@@ -136,13 +138,16 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// The value that applies: the section's last one, else the inherited one.
-    fn last(&self, name: &str) -> Option<&'a Setting> {
+    pub(super) fn last(&self, name: &str) -> Option<&'a Setting> {
         let find = |list: &'a [Setting]| list.iter().rev().find(|s| s.is(name));
         find(self.own).or_else(|| find(self.global))
     }
 
     /// The settings of any of `names`, inherited ones first, in file order.
-    fn in_order<'n>(&self, names: &'n [&'n str]) -> impl Iterator<Item = &'a Setting> + 'n
+    pub(super) fn in_order<'n>(
+        &self,
+        names: &'n [&'n str],
+    ) -> impl Iterator<Item = &'a Setting> + 'n
     where
         'a: 'n,
     {
@@ -154,7 +159,7 @@ impl<'a> View<'a> {
 
     /// All the values of a repeatable option: the section's own if it has
     /// any, else the inherited ones.
-    fn all(&self, name: &str) -> Vec<&'a Setting> {
+    pub(super) fn all(&self, name: &str) -> Vec<&'a Setting> {
         let own: Vec<_> = self.own.iter().filter(|s| s.is(name)).collect();
         if own.is_empty() {
             self.global.iter().filter(|s| s.is(name)).collect()
@@ -177,7 +182,7 @@ impl<'a> View<'a> {
 /// The keys that may go in `[defaults]` as well as in a service, in the
 /// order they are written.
 #[derive(Debug, Default, Clone)]
-struct Common {
+pub(super) struct Common {
     fields: Vec<Entry>,
 }
 
@@ -187,7 +192,7 @@ impl Common {
         self.fields.push(entry);
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(super) fn has(&self, key: &str) -> bool {
         self.fields.iter().any(|e| e.key == key)
     }
 
@@ -205,13 +210,6 @@ impl Common {
             .cloned()
             .collect()
     }
-}
-
-/// What the user must verify a peer with.
-#[derive(Debug, Clone, Copy, Default)]
-struct Verify {
-    chain: bool,
-    peer: bool,
 }
 
 /// Where a service listens, to find two services on the same address.
@@ -244,7 +242,7 @@ struct Planned {
     origin: Origin,
 }
 
-struct Translator<'a> {
+pub(super) struct Translator<'a> {
     config: &'a StunnelConfig,
     warnings: Vec<Warning>,
     seen: HashSet<Warning>,
@@ -262,7 +260,7 @@ const CLIENT_LISTEN_ADVICE: &str =
      allow_public_listen = true and allow_sources. Until then dctunnel check refuses this service";
 
 impl<'a> Translator<'a> {
-    fn warn(
+    pub(super) fn warn(
         &mut self,
         severity: Severity,
         origin: Option<&Origin>,
@@ -283,7 +281,7 @@ impl<'a> Translator<'a> {
     }
 
     /// A warning about one setting as seen from `view`.
-    fn warn_at(
+    pub(super) fn warn_at(
         &mut self,
         severity: Severity,
         view: View<'_>,
@@ -296,7 +294,7 @@ impl<'a> Translator<'a> {
     }
 
     /// A warning about a whole section.
-    fn warn_section(
+    pub(super) fn warn_section(
         &mut self,
         severity: Severity,
         section: &Section,
@@ -368,7 +366,7 @@ impl<'a> Translator<'a> {
     }
 
     /// `yes` or `no`, else a problem.
-    fn yes_no(&mut self, view: View<'_>, setting: &Setting) -> Option<bool> {
+    pub(super) fn yes_no(&mut self, view: View<'_>, setting: &Setting) -> Option<bool> {
         if setting.value.eq_ignore_ascii_case("yes") {
             Some(true)
         } else if setting.value.eq_ignore_ascii_case("no") {
@@ -534,73 +532,6 @@ impl<'a> Translator<'a> {
                 false
             }
         }
-    }
-
-    /// The peer checks `verify`, `verifyChain` and `verifyPeer` ask for,
-    /// applied in file order as stunnel does (each overrides the others).
-    fn verify(&mut self, view: View<'_>) -> Verify {
-        let mut v = Verify::default();
-        for s in view.in_order(&["verify", "verifyChain", "verifyPeer"]) {
-            if s.is("verify") {
-                match s.value.as_str() {
-                    "0" | "1" | "none" => (v.chain, v.peer) = (false, false),
-                    "2" => (v.chain, v.peer) = (true, false),
-                    "3" => (v.chain, v.peer) = (true, true),
-                    "4" => (v.chain, v.peer) = (false, true),
-                    _ => self.warn_at(
-                        Severity::Problem,
-                        view,
-                        s,
-                        format!("`{} = {}`: stunnel accepts only 0 to 4", s.name, s.value),
-                        "use verifyChain = yes and checkHost instead",
-                    ),
-                }
-            } else if let Some(yes) = self.yes_no(view, s) {
-                if s.is("verifyChain") {
-                    v.chain = yes;
-                } else {
-                    v.peer = yes;
-                }
-            }
-        }
-        v
-    }
-
-    /// Reports a pre-shared-key service, once per service.
-    fn psk(&mut self, view: View<'_>, section: &Section, client: bool) -> bool {
-        let used: Vec<&Setting> = [
-            view.last("PSKsecrets"),
-            view.last("PSKidentity"),
-            view.last("ciphers")
-                .filter(|s| options::ciphers_use_psk(&s.value)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let Some(first) = used.first() else {
-            return false;
-        };
-        let shown: Vec<String> = used
-            .iter()
-            .map(|s| format!("{} = {}", s.name, s.value))
-            .collect();
-        let then = if client {
-            "then set ca, cert and key, and server_name to the name in the server's certificate"
-        } else {
-            "then set ca, cert and key, and list the client host names in allow_peers"
-        };
-        self.warn(
-            Severity::Unsupported,
-            Some(&first.origin),
-            Some(section.name.clone()),
-            format!("authenticates with pre-shared keys ({})", shown.join(", ")),
-            format!(
-                "dctunnel authenticates with certificates: create a CA with `dctunnel certs init-ca` and issue \
-                 one certificate per host with `dctunnel certs issue --name HOST` (one identity per host, e.g. one \
-                 per identity of the PSKsecrets file), or pin keys (`dctunnel certs keygen`, then peer_pins); {then}"
-            ),
-        );
-        true
     }
 
     /// A dctunnel service name for `section`, unique in the output.
@@ -856,221 +787,6 @@ impl<'a> Translator<'a> {
             });
         }
         planned
-    }
-
-    /// Reports missing certificate files, which dctunnel always needs.
-    fn require_files(
-        &mut self,
-        section: &Section,
-        common: &Common,
-        client: bool,
-        trailing: &mut Vec<String>,
-    ) {
-        let mut missing = Vec::new();
-        if !common.has("cert") {
-            missing.push("cert");
-            missing.push("key");
-            if client {
-                self.warn_section(
-                    Severity::Unsupported,
-                    section,
-                    "stunnel presented no client certificate (no cert)",
-                    "dctunnel always presents one: issue a certificate for this host with `dctunnel certs issue` and set cert and key",
-                );
-            } else {
-                self.warn_section(
-                    Severity::Problem,
-                    section,
-                    "no cert (stunnel refuses a server-mode section without one)",
-                    "set cert and key",
-                );
-            }
-        }
-        if !common.has("ca") {
-            missing.insert(0, "ca");
-            self.warn_section(
-                Severity::Unsupported,
-                section,
-                "no CAfile: nothing to verify the peer's certificate with",
-                "set ca to the CA that signs the peers' certificates (see `dctunnel certs init-ca`)",
-            );
-        }
-        if !missing.is_empty() {
-            trailing.push(format!(
-                "to set before use: {} (see the warnings at the top)",
-                missing.join(", ")
-            ));
-        }
-    }
-
-    /// Reports `verifyPeer`, which trusted exactly the peer certificates
-    /// stored in CAfile, and returns the comment line to fill peer_pins from.
-    fn verify_peer(&mut self, view: View<'_>, section: &Section, whose: &str) -> String {
-        let file = view.last("CAfile").map_or("CAfile", |s| s.value.as_str());
-        let message = format!(
-            "`verifyPeer = yes`: stunnel trusted exactly the {whose} certificates stored in CAfile"
-        );
-        let advice = format!(
-            "pin their keys instead: `dctunnel certs show {file}` prints the pins; list them in peer_pins"
-        );
-        let line = format!(
-            "peer_pins = [\"sha256/...\"]   # the pins `dctunnel certs show {file}` prints"
-        );
-        match view.in_order(&["verify", "verifyPeer"]).last() {
-            Some(s) => self.warn_at(Severity::Unsupported, view, s, message, advice),
-            None => self.warn_section(Severity::Unsupported, section, message, advice),
-        }
-        line
-    }
-
-    fn server_identity(
-        &mut self,
-        view: View<'_>,
-        section: &Section,
-        verify: Verify,
-        psk: bool,
-    ) -> (Vec<Entry>, Vec<String>) {
-        let peers: Vec<String> = view
-            .all("checkHost")
-            .into_iter()
-            .map(|s| s.value.clone())
-            .collect();
-        let ips = view.all("checkIP");
-        for ip in &ips {
-            self.warn_at(
-                Severity::Unsupported,
-                view,
-                ip,
-                format!(
-                    "`checkIP = {}`: dctunnel identifies clients by the names in their certificates, not by IP address",
-                    ip.value
-                ),
-                "list the client's certificate name in allow_peers",
-            );
-        }
-        let mut entries = Vec::new();
-        let mut trailing = Vec::new();
-        if verify.peer {
-            trailing.push(self.verify_peer(view, section, "client"));
-        }
-        if !peers.is_empty() {
-            entries.push(Entry::new("allow_peers", Value::List(peers)));
-        } else if verify.peer {
-            trailing.push(
-                "dctunnel check refuses this service until peer_pins or allow_peers is set".into(),
-            );
-        } else if !ips.is_empty() {
-            let ips: Vec<&str> = ips.iter().map(|s| s.value.as_str()).collect();
-            trailing.push(format!(
-                "allow_peers = [\"...\"]   # the certificate names of the clients checkIP named: {}\n\
-                 dctunnel check refuses this service until allow_peers is set",
-                ips.join(", ")
-            ));
-        } else {
-            if !psk {
-                self.warn_section(
-                    Severity::Note,
-                    section,
-                    "no checkHost: any client certificate signed by the CA is accepted",
-                    "list the client host names in allow_peers",
-                );
-            }
-            entries.push(Entry::new("allow_peers", Value::List(vec!["*".into()])).commented(
-                "stunnel did not check the client's name (no checkHost): any certificate signed by ca\n\
-                 is accepted. Listing the client host names is better, e.g. [\"ovh1.example.org\"].",
-            ));
-        }
-        if !verify.chain && !verify.peer && !psk {
-            self.warn_section(
-                Severity::Unsupported,
-                section,
-                "stunnel did not ask clients for a certificate (no verifyChain)",
-                "dctunnel requires one signed by ca: issue a certificate for every client host with `dctunnel certs issue`",
-            );
-        }
-        (entries, trailing)
-    }
-
-    fn client_identity(
-        &mut self,
-        view: View<'_>,
-        section: &Section,
-        verify: Verify,
-        psk: bool,
-        connects: &[(&Setting, Address)],
-    ) -> (Vec<Entry>, Vec<String>) {
-        let names: Vec<&Setting> = view
-            .all("checkHost")
-            .into_iter()
-            .chain(view.all("checkIP"))
-            .collect();
-        let sni = view.last("sni");
-        let checked = names.first().map(|s| s.value.clone());
-        if names.len() > 1 {
-            let dropped: Vec<&str> = names[1..].iter().map(|s| s.value.as_str()).collect();
-            self.warn_at(
-                Severity::Unsupported,
-                view,
-                names[1],
-                "several server names accepted (checkHost, checkIP): dctunnel checks one, server_name",
-                format!("keep the name the server's certificate carries; dropped here: {}", dropped.join(", ")),
-            );
-        }
-        let server_name = match (&checked, sni) {
-            (Some(name), _) => Some(name.clone()),
-            (None, Some(s)) if !s.value.is_empty() => Some(s.value.clone()),
-            _ => None,
-        };
-        if let Some(s) = sni {
-            if s.value.is_empty() {
-                self.warn_at(
-                    Severity::Note,
-                    view,
-                    s,
-                    "`sni =`: stunnel sent no server name",
-                    "nothing to do: dctunnel sends server_name (by default the host of connect)",
-                );
-            } else if checked.as_deref().is_some_and(|c| c != s.value) {
-                self.warn_at(
-                    Severity::Note,
-                    view,
-                    s,
-                    format!(
-                        "`sni = {}` differs from the name checked (checkHost)",
-                        s.value
-                    ),
-                    "dctunnel sends and checks the same name, server_name: here the checked one",
-                );
-            }
-        }
-        let host = server_name
-            .clone()
-            .or_else(|| connects.first().map(|(_, a)| a.connect_host()))
-            .unwrap_or_default();
-        if checked.is_none() && verify.chain && !psk {
-            self.warn_section(
-                Severity::Note,
-                section,
-                "no checkHost: stunnel accepted any server certificate signed by the CA",
-                format!("dctunnel also checks that the certificate names `{host}`: make sure it does, or set server_name"),
-            );
-        }
-        if !verify.chain && !verify.peer && !psk {
-            self.warn_section(
-                Severity::Unsupported,
-                section,
-                "stunnel did not verify the server's certificate (no verifyChain)",
-                format!("dctunnel always does, against ca and the name `{host}`: make sure the server's certificate is signed by ca and names it"),
-            );
-        }
-        let mut trailing = Vec::new();
-        if verify.peer {
-            trailing.push(self.verify_peer(view, section, "server"));
-        }
-        let entries = server_name
-            .map(|n| vec![Entry::new("server_name", Value::Str(n))])
-            .unwrap_or_default();
-        (entries, trailing)
     }
 
     /// The `listen` entry for one `accept` address.

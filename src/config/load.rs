@@ -1,0 +1,693 @@
+//! Loading: the steps from the TOML text to a [`Config`]. Each step reports
+//! what is wrong and carries on with what it could make of the rest, so
+//! that one pass finds every problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::problem::{ConfigError, Location, Problem};
+use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawService};
+use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
+use super::{Config, Fingerprint, Host, Mode, Role, Service, Target};
+use crate::tls::{self, PeerPolicy, TlsFiles};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Same as stunnel's `TIMEOUTidle`: connection pools keep connections idle
+/// for hours, and TCP keepalive already finds dead peers.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: path.to_owned(),
+            location: Location::File,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(path, &text)
+}
+
+/// Checks configuration `text` as if read from `path` (relative file names
+/// are resolved against the folder of `path`).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut cx = Context {
+        file: path.to_owned(),
+        base: path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        problems: Vec::new(),
+    };
+    let config = cx.parse(text);
+    match config {
+        Some(config) if cx.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError {
+            problems: cx.problems,
+        }),
+    }
+}
+
+/// The loading of one file: where it is and what is wrong so far.
+struct Context {
+    file: PathBuf,
+    /// Relative file names are taken from here: the file's folder.
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+/// The `[daemon]` table, checked.
+struct Daemon {
+    shutdown_timeout: Duration,
+    worker_threads: Option<usize>,
+}
+
+/// A service's timeouts, defaults applied.
+struct Timeouts {
+    connect: Duration,
+    handshake: Duration,
+    /// `None`: no idle timeout (`idle_timeout = "0s"`).
+    idle: Option<Duration>,
+}
+
+const DAEMON: Location = Location::Table("daemon");
+const ADMIN: Location = Location::Table("admin");
+const DEFAULTS: Location = Location::Table("defaults");
+
+impl Context {
+    fn problem(&mut self, at: &Location, field: Option<&str>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            location: at.clone(),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    /// Reports a table that does not deserialize, naming the key when
+    /// serde says which one.
+    fn serde_problem(&mut self, at: &Location, e: &toml::de::Error) {
+        let msg = e.message().trim().to_owned();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        match field {
+            Some(f) => {
+                let expected = msg
+                    .split_once(", expected ")
+                    .map(|x| x.1.trim_start_matches("one of "))
+                    .unwrap_or("");
+                self.problem(at, Some(&f), format!("unknown key; known keys: {expected}"))
+            }
+            None => self.problem(at, None, msg),
+        }
+    }
+
+    fn parse(&mut self, text: &str) -> Option<Config> {
+        let mut table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string().trim_end().replace('\n', "\n    ");
+                self.problem(&Location::File, None, format!("not valid TOML: {msg}"));
+                return None;
+            }
+        };
+        let defaults = self.defaults(table.remove("defaults"));
+        let daemon = self.daemon(table.remove("daemon"));
+        let admin = self.admin(table.remove("admin"));
+        let raw_services = self.service_list(table.remove("service"));
+        for key in table.keys() {
+            self.problem(
+                &Location::File,
+                Some(key),
+                "unknown top-level key (expected [defaults], [daemon], [admin] or [[service]])",
+            );
+        }
+        if raw_services.is_empty() {
+            self.problem(&Location::File, None, "no [[service]] defined");
+        }
+        let services = self.services(raw_services, &defaults);
+        if let Some(admin) = admin {
+            // Port 0 (any free port, for tests) never collides.
+            let taken = services
+                .iter()
+                .rev()
+                .find(|s| s.listen == admin && s.listen.port() != 0);
+            if let Some(other) = taken {
+                self.problem(
+                    &ADMIN,
+                    Some("listen"),
+                    format!(
+                        "{admin} is already the listen address of service {:?}",
+                        other.name
+                    ),
+                );
+            }
+        }
+        Some(Config {
+            services,
+            shutdown_timeout: daemon.shutdown_timeout,
+            worker_threads: daemon.worker_threads,
+            admin,
+        })
+    }
+
+    /// `[defaults]`: any service key but the four that are per service.
+    fn defaults(&mut self, value: Option<toml::Value>) -> RawService {
+        let Some(value) = value else {
+            return RawService::default();
+        };
+        let defaults = RawService::deserialize(value).unwrap_or_else(|e| {
+            self.serde_problem(&DEFAULTS, &e);
+            RawService::default()
+        });
+        for (field, set) in [
+            ("name", defaults.name.is_some()),
+            ("mode", defaults.mode.is_some()),
+            ("listen", defaults.listen.is_some()),
+            ("connect", defaults.connect.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    &DEFAULTS,
+                    Some(field),
+                    "is per service and cannot have a default",
+                );
+            }
+        }
+        defaults
+    }
+
+    fn daemon(&mut self, value: Option<toml::Value>) -> Daemon {
+        let raw = match value {
+            None => RawDaemon::default(),
+            Some(v) => RawDaemon::deserialize(v).unwrap_or_else(|e| {
+                self.problem(&DAEMON, None, e.to_string().trim_end());
+                RawDaemon::default()
+            }),
+        };
+        let shutdown_timeout = match raw.shutdown_timeout {
+            None => DEFAULT_SHUTDOWN_TIMEOUT,
+            Some(s) => parse_duration(&s).unwrap_or_else(|e| {
+                self.problem(&DAEMON, Some("shutdown_timeout"), e);
+                DEFAULT_SHUTDOWN_TIMEOUT
+            }),
+        };
+        if raw.worker_threads == Some(0) {
+            self.problem(
+                &DAEMON,
+                Some("worker_threads"),
+                "must be at least 1 (leave it out for one per core)",
+            );
+        }
+        Daemon {
+            shutdown_timeout,
+            worker_threads: raw.worker_threads,
+        }
+    }
+
+    /// `[admin]`: where the admin endpoint listens, if it is enabled.
+    fn admin(&mut self, value: Option<toml::Value>) -> Option<SocketAddr> {
+        let raw = match RawAdmin::deserialize(value?) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.problem(&ADMIN, None, e.to_string().trim_end());
+                return None;
+            }
+        };
+        let field = Some("listen");
+        let Some(listen) = raw.listen else {
+            self.problem(
+                &ADMIN,
+                field,
+                "is required in [admin], e.g. \"127.0.0.1:9815\"",
+            );
+            return None;
+        };
+        let Ok(addr) = listen.parse::<SocketAddr>() else {
+            self.problem(&ADMIN, field, format!("{listen:?} is not IP:PORT"));
+            return None;
+        };
+        if is_public_or_wildcard(addr.ip()) && raw.allow_public_listen != Some(true) {
+            self.problem(
+                &ADMIN,
+                field,
+                format!(
+                    "{} is a wildcard or public address and the admin endpoint shows every \
+                     connection; listen on loopback or a private address, or set \
+                     [admin].allow_public_listen = true",
+                    addr.ip()
+                ),
+            );
+            return None;
+        }
+        Some(addr)
+    }
+
+    /// The `[[service]]` tables, not yet read.
+    fn service_list(&mut self, value: Option<toml::Value>) -> Vec<toml::Value> {
+        match value {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items,
+            Some(_) => {
+                self.problem(
+                    &Location::File,
+                    Some("service"),
+                    "must be an array of tables, written [[service]]",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Every service that checks out, and the problems of the others,
+    /// including names and listen addresses used twice.
+    fn services(&mut self, values: Vec<toml::Value>, defaults: &RawService) -> Vec<Arc<Service>> {
+        let mut services: Vec<Arc<Service>> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (index, value) in values.into_iter().enumerate() {
+            // Name the service in errors even when the rest does not parse.
+            let label = value
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("#{}", index + 1));
+            let raw = match RawService::deserialize(value) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.serde_problem(&Location::Service(label), &e);
+                    continue;
+                }
+            };
+            if let Some(name) = &raw.name {
+                if let Some(first) = names.insert(name.clone(), index) {
+                    self.problem(
+                        &Location::Service(name.clone()),
+                        Some("name"),
+                        format!(
+                            "service #{} has the same name as service #{}; names must be unique",
+                            index + 1,
+                            first + 1
+                        ),
+                    );
+                }
+            }
+            let Some(service) = self.service(&label, raw.with_defaults(defaults)) else {
+                continue;
+            };
+            // Port 0 (any free port, for tests) never collides. The
+            // nearest earlier service with the address is named.
+            let taken = services
+                .iter()
+                .rev()
+                .find(|s| s.listen == service.listen && s.listen.port() != 0);
+            if let Some(other) = taken {
+                let message = format!(
+                    "{} is already the listen address of service {:?}",
+                    service.listen, other.name
+                );
+                self.problem(
+                    &Location::Service(service.name.clone()),
+                    Some("listen"),
+                    message,
+                );
+            }
+            services.push(Arc::new(service));
+        }
+        services
+    }
+
+    /// One service, checked step by step; `None` if any step found a problem.
+    fn service(&mut self, label: &str, raw: RawService) -> Option<Service> {
+        let before = self.problems.len();
+        let at = Location::Service(label.to_owned());
+        let name = self.name(&at, label, &raw);
+        let mode = raw.mode.or_else(|| {
+            self.problem(&at, Some("mode"), "is required: \"server\" or \"client\"");
+            None
+        });
+        let listen = self.listen(&at, &raw);
+        let connect = self.connect(&at, &raw);
+        let allow_sources = self.allow_sources(&at, &raw);
+        let timeouts = self.timeouts(&at, &raw);
+        self.limits(&at, &raw);
+        if let (Some(mode), Some(listen)) = (mode, listen) {
+            self.where_it_listens(&at, &raw, mode, listen, &allow_sources);
+        }
+        if let Some(mode) = mode {
+            self.keys_of_the_other_mode(&at, &raw, mode);
+        }
+        let files = self.tls_files(&at, &raw);
+        let role = match mode? {
+            Mode::Server => self.server_role(&at, &raw, &files),
+            Mode::Client => self.client_role(&at, &raw, &files, &connect),
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        let (role, listen) = (role?, listen?);
+        Some(Service {
+            name,
+            listen,
+            allow_sources,
+            max_connections: raw.max_connections,
+            max_connections_per_source: raw.max_connections_per_source,
+            connect,
+            connect_timeout: timeouts.connect,
+            handshake_timeout: timeouts.handshake,
+            idle_timeout: timeouts.idle,
+            proxy_protocol: raw.proxy_protocol,
+            role,
+            fingerprint: Fingerprint::of(raw, &files),
+            files,
+        })
+    }
+
+    fn name(&mut self, at: &Location, label: &str, raw: &RawService) -> String {
+        let name = raw.name.clone().unwrap_or_else(|| {
+            self.problem(at, Some("name"), "is required");
+            label.to_owned()
+        });
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.problem(
+                at,
+                Some("name"),
+                "must be non-empty and use only letters, digits, '-', '_' and '.'",
+            );
+        }
+        name
+    }
+
+    fn listen(&mut self, at: &Location, raw: &RawService) -> Option<SocketAddr> {
+        let Some(l) = &raw.listen else {
+            self.problem(at, Some("listen"), "is required, e.g. \"127.0.0.1:6379\"");
+            return None;
+        };
+        l.parse::<SocketAddr>()
+            .map_err(|_| {
+                self.problem(
+                    at,
+                    Some("listen"),
+                    format!(
+                        "{l:?} is not IP:PORT (IPv6 as \"[::1]:16000\"; names are not accepted here)"
+                    ),
+                )
+            })
+            .ok()
+    }
+
+    fn connect(&mut self, at: &Location, raw: &RawService) -> Vec<Target> {
+        let Some(c) = &raw.connect else {
+            self.problem(
+                at,
+                Some("connect"),
+                "is required, e.g. \"10.1.0.102:27017\"",
+            );
+            return Vec::new();
+        };
+        let list: Vec<&String> = match c {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many.iter().collect(),
+        };
+        if list.is_empty() {
+            self.problem(at, Some("connect"), "must name at least one HOST:PORT");
+        }
+        list.into_iter()
+            .filter_map(|t| {
+                Target::parse(t)
+                    .map_err(|e| self.problem(at, Some("connect"), e))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn allow_sources(&mut self, at: &Location, raw: &RawService) -> Vec<IpNet> {
+        let sources = raw
+            .allow_sources
+            .iter()
+            .flatten()
+            .filter_map(|src| {
+                parse_source(src)
+                    .map_err(|e| self.problem(at, Some("allow_sources"), e))
+                    .ok()
+            })
+            .collect();
+        if raw.allow_sources.as_ref().is_some_and(|v| v.is_empty()) {
+            self.problem(
+                at,
+                Some("allow_sources"),
+                "is empty, which would refuse every connection; remove the key to allow all sources",
+            );
+        }
+        sources
+    }
+
+    fn timeouts(&mut self, at: &Location, raw: &RawService) -> Timeouts {
+        let connect = self.duration(
+            at,
+            "connect_timeout",
+            &raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let handshake = self.duration(
+            at,
+            "handshake_timeout",
+            &raw.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let idle = self.duration(at, "idle_timeout", &raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        for (field, value) in [
+            ("connect_timeout", connect),
+            ("handshake_timeout", handshake),
+        ] {
+            if value.is_zero() {
+                self.problem(at, Some(field), "must be longer than zero");
+            }
+        }
+        Timeouts {
+            connect,
+            handshake,
+            idle: (!idle.is_zero()).then_some(idle),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        at: &Location,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(v) => parse_duration(v).unwrap_or_else(|e| {
+                self.problem(at, Some(field), e);
+                default
+            }),
+        }
+    }
+
+    /// Connection limits, which may be left out but not set to 0.
+    fn limits(&mut self, at: &Location, raw: &RawService) {
+        for (field, value) in [
+            ("max_connections", raw.max_connections),
+            ("max_connections_per_source", raw.max_connections_per_source),
+        ] {
+            if value == Some(0) {
+                self.problem(at, Some(field), "is 0, which would refuse every connection");
+            }
+        }
+    }
+
+    /// Safety rule on where a listener may be: a client-mode service takes
+    /// plaintext, so it does not listen where anyone can reach it unless
+    /// the user says so and lists who may connect.
+    fn where_it_listens(
+        &mut self,
+        at: &Location,
+        raw: &RawService,
+        mode: Mode,
+        listen: SocketAddr,
+        allow_sources: &[IpNet],
+    ) {
+        if mode != Mode::Client || !is_public_or_wildcard(listen.ip()) {
+            return;
+        }
+        if raw.allow_public_listen != Some(true) {
+            self.problem(
+                at,
+                Some("listen"),
+                format!(
+                    "client mode accepts plaintext, and {} is a {} address: anyone who reaches it gets \
+                     into the tunnel. Listen on a loopback or private address, or set \
+                     allow_public_listen = true together with allow_sources",
+                    listen.ip(),
+                    if listen.ip().is_unspecified() { "wildcard" } else { "public" }
+                ),
+            );
+        } else if allow_sources.is_empty() {
+            self.problem(
+                at,
+                Some("allow_sources"),
+                "is required when allow_public_listen = true: list the networks that may connect",
+            );
+        }
+    }
+
+    /// Keys that mean something in one mode only are refused in the other,
+    /// rather than silently ignored.
+    fn keys_of_the_other_mode(&mut self, at: &Location, raw: &RawService, mode: Mode) {
+        if mode == Mode::Client && raw.allow_peers.is_some() {
+            self.problem(
+                at,
+                Some("allow_peers"),
+                "applies to server mode only; a client-mode service checks the server with server_name (or peer_pins)",
+            );
+        }
+        if mode == Mode::Client && raw.proxy_protocol.is_some() {
+            self.problem(
+                at,
+                Some("proxy_protocol"),
+                "applies to server mode only (the header tells the backend who the TLS peer is)",
+            );
+        }
+        if mode == Mode::Server && raw.server_name.is_some() {
+            self.problem(
+                at,
+                Some("server_name"),
+                "applies to client mode only; a server-mode service checks clients with allow_peers",
+            );
+        }
+    }
+
+    /// The TLS files and settings, with the keys every service needs.
+    fn tls_files(&mut self, at: &Location, raw: &RawService) -> TlsFiles {
+        let files = TlsFiles {
+            ca: raw.ca.as_deref().and_then(|p| self.path(at, "ca", p)),
+            cert: raw.cert.as_deref().and_then(|p| self.path(at, "cert", p)),
+            key: raw.key.as_deref().and_then(|p| self.path(at, "key", p)),
+            crl: raw
+                .crl
+                .iter()
+                .flatten()
+                .filter_map(|p| self.path(at, "crl", p))
+                .collect(),
+            peer_pins: raw.peer_pins.clone().unwrap_or_default(),
+            tls12: raw.tls12.unwrap_or(false),
+            resumption: raw.tls_resumption.unwrap_or(true),
+        };
+        if raw.cert.is_none() {
+            self.problem(
+                at,
+                Some("cert"),
+                "is required (this host's certificate, PEM)",
+            );
+        }
+        if raw.key.is_none() {
+            self.problem(
+                at,
+                Some("key"),
+                "is required (this host's private key, PEM)",
+            );
+        }
+        if raw.ca.is_none() && files.peer_pins.is_empty() {
+            self.problem(
+                at,
+                Some("ca"),
+                "is required to verify the peer (or give peer_pins to trust keys instead)",
+            );
+        }
+        files
+    }
+
+    /// Server mode: who may connect, and the TLS server settings.
+    fn server_role(&mut self, at: &Location, raw: &RawService, files: &TlsFiles) -> Option<Role> {
+        let peers = match &raw.allow_peers {
+            None if files.peer_pins.is_empty() => {
+                self.problem(
+                    at,
+                    Some("allow_peers"),
+                    "is required in server mode: list the certificate names that may connect, \
+                     or write [\"*\"] to accept any certificate the CA signed",
+                );
+                return None;
+            }
+            None => PeerPolicy::Any,
+            Some(list) => PeerPolicy::parse(list)
+                .map_err(|e| self.problem(at, Some("allow_peers"), e))
+                .ok()?,
+        };
+        let peers = Arc::new(peers);
+        tls::server_config(files, peers.clone())
+            .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
+            .ok()
+            .map(|tls| Role::Server { tls, peers })
+    }
+
+    /// Client mode: the name the server must prove (by default the host of
+    /// the first target), and the TLS client settings.
+    fn client_role(
+        &mut self,
+        at: &Location,
+        raw: &RawService,
+        files: &TlsFiles,
+        connect: &[Target],
+    ) -> Option<Role> {
+        let server_name = match (&raw.server_name, connect.first()) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(t)) => Some(match &t.host {
+                Host::Ip(ip) => ip.to_string(),
+                Host::Name(n) => n.clone(),
+            }),
+            (None, None) => None,
+        };
+        let server_name = server_name.and_then(|n| {
+            rustls::pki_types::ServerName::try_from(n.clone())
+                .map_err(|_| {
+                    self.problem(
+                        at,
+                        Some("server_name"),
+                        format!("{n:?} is not a valid DNS name or IP address"),
+                    )
+                })
+                .ok()
+        });
+        let tls = tls::client_config(files)
+            .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
+            .ok();
+        Some(Role::Client {
+            tls: tls?,
+            server_name: server_name?,
+        })
+    }
+
+    /// Resolves a file name from the configuration: `${VAR}` is replaced by
+    /// the environment variable (for systemd's `${CREDENTIALS_DIRECTORY}`),
+    /// and a relative path is taken from the configuration file's folder.
+    fn path(&mut self, at: &Location, field: &str, value: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(
+            expand_env(value)
+                .map_err(|e| self.problem(at, Some(field), e))
+                .ok()?,
+        );
+        Some(if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! The checked configuration `run` executes, and [`load`], which turns a
+//! TOML file into it: every address parsed, every certificate and key
+//! loaded, every safety rule applied, so that nothing downstream re-checks
+//! anything.
+//!
+//! Loading never stops at the first problem: it collects every problem it can
+//! find, each naming the file, the service or table, and the key, so that
+//! `dctunnel check` shows a user everything to fix at once.
+//!
+//! - `raw`: the file as serde reads it, before any check.
+//! - `load`: the steps from the raw file to a [`Config`].
+//! - `problem`: what a step reports when it finds something wrong.
+//! - `values`: the strings of the file (durations, networks, targets) parsed.
+//! - `summary`: what `check` and the start-up log say about a service.
+
+mod load;
+mod problem;
+mod raw;
+mod summary;
+mod values;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::tls::{PeerPolicy, TlsFiles};
+
+pub use load::{load, parse};
+pub use problem::{ConfigError, Location, Problem};
+pub use summary::{describe, PeerCheck, Peers, Sources, Summary, Targets};
+pub use values::{is_public_or_wildcard, parse_duration};
+
+/// Where `run` and `check` look for the configuration by default.
+pub const DEFAULT_PATH: &str = "/etc/dctunnel/dctunnel.toml";
+
+/// A fully checked configuration: what `run` executes.
+#[derive(Debug)]
+pub struct Config {
+    pub services: Vec<Arc<Service>>,
+    /// How long open connections may go on after a stop is asked for.
+    pub shutdown_timeout: Duration,
+    /// Threads carrying connections; `None`: one per core.
+    pub worker_threads: Option<usize>,
+    /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
+    pub admin: Option<SocketAddr>,
+}
+
+/// One named service: a listener and where its connections go.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Empty means every source may connect.
+    pub allow_sources: Vec<IpNet>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub connect: Vec<Target>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// `None` disables the idle timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Server mode: send a PROXY protocol header to the backend first.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub role: Role,
+    /// The files the TLS settings were loaded from.
+    pub files: TlsFiles,
+    /// Every setting of the service as written (after defaults), and the
+    /// contents of every file it loaded: two services with equal
+    /// fingerprints behave identically. Used by reload to tell what changed.
+    pub fingerprint: Fingerprint,
+}
+
+/// What a service does with the connections it accepts.
+#[derive(Clone)]
+pub enum Role {
+    /// Accept mutual TLS, forward plaintext to the backend.
+    Server {
+        tls: Arc<rustls::ServerConfig>,
+        peers: Arc<PeerPolicy>,
+    },
+    /// Accept plaintext, connect with mutual TLS to the remote side.
+    Client {
+        tls: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Server { peers, .. } => f.debug_struct("Server").field("peers", peers).finish(),
+            Role::Client { server_name, .. } => f
+                .debug_struct("Client")
+                .field("server_name", server_name)
+                .finish(),
+        }
+    }
+}
+
+impl Service {
+    pub fn mode(&self) -> Mode {
+        match self.role {
+            Role::Server { .. } => Mode::Server,
+            Role::Client { .. } => Mode::Client,
+        }
+    }
+
+    /// Whether a connection from `ip` passes the source allowlist.
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        // An IPv4 client reaching an IPv6 wildcard socket shows up as
+        // `::ffff:a.b.c.d`; allowlists are written with the IPv4 form.
+        let ip = ip.to_canonical();
+        self.allow_sources.is_empty() || self.allow_sources.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Settings and file contents that decide a service's behaviour.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The service's keys as written, defaults merged in.
+    settings: raw::RawService,
+    /// Every file the service loaded and its contents when loaded, so that
+    /// a rotated certificate or a new CRL counts as a change.
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Fingerprint {
+    /// Reads the files back for their contents; a file that cannot be read
+    /// now was readable a moment ago when the TLS settings were built, and
+    /// counts as empty (which only makes a reload see a change).
+    fn of(settings: raw::RawService, files: &TlsFiles) -> Fingerprint {
+        Fingerprint {
+            settings,
+            files: files
+                .all_paths()
+                .into_iter()
+                .map(|p| {
+                    let bytes = std::fs::read(&p).unwrap_or_default();
+                    (p, bytes)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The contents include the private key: Debug names the files only.
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fingerprint")
+            .field("settings", &self.settings)
+            .field(
+                "files",
+                &self
+                    .files
+                    .iter()
+                    .map(|(path, bytes)| (path, bytes.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Server,
+    Client,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that `check` can align the column with `{:<6}`.
+        f.pad(match self {
+            Mode::Server => "server",
+            Mode::Client => "client",
+        })
+    }
+}
+
+/// A place to connect to: an IP address, or a DNS name resolved at each new
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+/// An IPv4 client reaching an IPv6 wildcard socket shows up as
+/// `::ffff:a.b.c.d`; allowlists are written with the IPv4 form.
+// TODO(issue 15): remove once service.rs uses IpAddr::to_canonical
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reload tells kept from updated by the fingerprint: the settings as
+    /// written, and the contents of the files, so that a certificate
+    /// renewed in place (same path, same settings) is still a change.
+    #[test]
+    fn fingerprints_compare_settings_and_file_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("off2.pem");
+        std::fs::write(&cert, "first").unwrap();
+        let files = TlsFiles {
+            cert: Some(cert.clone()),
+            ..TlsFiles::default()
+        };
+        let raw = raw::RawService {
+            name: Some("redis".into()),
+            cert: Some("off2.pem".into()),
+            ..raw::RawService::default()
+        };
+        let before = Fingerprint::of(raw.clone(), &files);
+        assert_eq!(before, Fingerprint::of(raw.clone(), &files));
+
+        let other = raw::RawService {
+            max_connections: Some(10),
+            ..raw.clone()
+        };
+        assert_ne!(before, Fingerprint::of(other, &files));
+
+        std::fs::write(&cert, "renewed").unwrap();
+        let after = Fingerprint::of(raw, &files);
+        assert_ne!(before, after);
+        // Debug names the files, never their contents (the key is one).
+        // "renewed" as a Vec<u8> would print as [114, 101, 110, ...].
+        assert!(!format!("{after:?}").contains("114, 101, 110"));
+    }
+}
