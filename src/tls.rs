@@ -19,6 +19,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 
+use crate::x509;
+
 /// The TLS-related settings of one service, as paths and flags.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
@@ -121,34 +123,9 @@ impl fmt::Display for PeerPolicy {
     }
 }
 
-/// The names a certificate proves: its DNS SANs, or its CN when it has no
-/// SAN extension at all. Empty if the certificate does not parse.
+/// The names a certificate proves (see [`x509::identities`]).
 pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
-    };
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        return san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.to_string()),
-                _ => None,
-            })
-            .collect();
-    }
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .collect()
-}
-
-/// The key pin of a certificate (see [`crate::certs::spki_pin`]); `None`
-/// if it does not parse.
-pub fn spki_pin(cert: &[u8]) -> Option<String> {
-    crate::certs::spki_pin(cert).ok()
+    x509::identities(cert)
 }
 
 /// aws-lc-rs with AES-128-GCM preferred: as strong as needed here and
@@ -440,7 +417,7 @@ fn own_identity(
         return Err(err("cert", "cert and key are both required"));
     };
     let chain = read_certs("cert", cert_path)?;
-    if let Some(problem) = validity_problem(&chain[0]) {
+    if let Some(problem) = x509::validity_problem(&chain[0]) {
         return Err(err("cert", format!("{}: {problem}", cert_path.display())));
     }
     let meta = std::fs::metadata(key_path)
@@ -466,27 +443,6 @@ fn own_identity(
         )
     })?;
     Ok((chain, key))
-}
-
-/// `Some(reason)` if the certificate is expired or not yet valid.
-pub fn validity_problem(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, parsed) = match X509Certificate::from_der(cert.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("certificate does not parse: {e}")),
-    };
-    let validity = parsed.validity();
-    let now = ASN1Time::now();
-    if now > validity.not_after {
-        return Some(format!("certificate expired on {}", validity.not_after));
-    }
-    if now < validity.not_before {
-        return Some(format!(
-            "certificate is not valid before {}",
-            validity.not_before
-        ));
-    }
-    None
 }
 
 /// Verifies the peer in either direction: chain through webpki when a CA is
@@ -527,13 +483,13 @@ impl PeerVerifier {
         if self.pins.is_empty() {
             return Ok(());
         }
-        let pin = spki_pin(end_entity.as_ref()).ok_or(CertificateError::BadEncoding)?;
+        let pin = x509::spki_pin(end_entity).map_err(|_| CertificateError::BadEncoding)?;
         if !self.pins.contains(&pin) {
             return Err(CertificateError::UnknownIssuer.into());
         }
         // Without a CA the chain check (which also checks dates) is skipped.
         if self.webpki_client.is_none() && self.webpki_server.is_none() {
-            if let Some(problem) = validity_problem(end_entity) {
+            if let Some(problem) = x509::validity_problem(end_entity) {
                 tracing::debug!(%problem, "pinned certificate refused");
                 return Err(CertificateError::Expired.into());
             }
@@ -546,7 +502,7 @@ impl PeerVerifier {
 /// `certs revoke` print it): rustls's error names no certificate.
 fn log_revoked(e: &rustls::Error, end_entity: &CertificateDer<'_>) {
     if *e == rustls::Error::InvalidCertificate(CertificateError::Revoked) {
-        let serial = crate::certs::cert_info(end_entity.as_ref())
+        let serial = x509::CertInfo::parse(end_entity)
             .map(|i| i.serial)
             .unwrap_or_default();
         tracing::info!(%serial, "peer certificate is revoked");
