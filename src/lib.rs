@@ -17,6 +17,8 @@
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
 //!   metrics, open connections, probes) and `dctunnel status`, its reader.
+//! - [`x509`]: what a certificate says (names, key pin, validity, serial): one
+//!   reader for the handshake checks, the metrics and `certs`.
 //! - [`assets`]: man pages and shell completions for the Debian package.
 #![forbid(unsafe_code)]
 
@@ -38,3 +40,4 @@ pub mod status;
 pub mod stunnel;
 pub mod systemd;
 pub mod tls;
+pub mod x509;

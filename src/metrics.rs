@@ -24,6 +24,7 @@ use rustls::pki_types::CertificateDer;
 use crate::config::Service;
 use crate::daemon::DaemonView;
 use crate::service::Rejection;
+use crate::x509;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,7 +47,7 @@ pub struct Certificate {
     pub file: PathBuf,
     /// The subject's common name, or the whole subject when it has none.
     pub subject: String,
-    /// The serial number in hex, `:`-separated: tells apart two
+    /// The serial number as `certs show` prints it: tells apart two
     /// certificates of one file with the same subject (a CA being rotated).
     pub serial: String,
     /// notAfter, in seconds since the Unix epoch.
@@ -90,19 +91,13 @@ fn loaded<'a>(service: &'a Service, path: &Path) -> Option<&'a [u8]> {
 }
 
 fn describe(kind: &'static str, file: &Path, der: &CertificateDer<'_>) -> Option<Certificate> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
-    let subject = cert
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .unwrap_or_else(|| cert.subject().to_string());
+    let info = x509::CertInfo::parse(der).ok()?;
     Some(Certificate {
         kind,
         file: file.to_owned(),
-        subject,
-        serial: cert.raw_serial_as_string(),
-        not_after: cert.validity().not_after.timestamp(),
+        subject: info.common_name.unwrap_or(info.subject),
+        serial: info.serial,
+        not_after: info.not_after.unix_timestamp(),
     })
 }
 

@@ -17,7 +17,12 @@ use rustls::pki_types::{
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{
+    CertificateError, CipherSuite, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    SupportedCipherSuite,
+};
+
+use crate::x509;
 
 /// The TLS-related settings of one service, as paths and flags.
 #[derive(Debug, Clone, Default)]
@@ -121,34 +126,9 @@ impl fmt::Display for PeerPolicy {
     }
 }
 
-/// The names a certificate proves: its DNS SANs, or its CN when it has no
-/// SAN extension at all. Empty if the certificate does not parse.
+/// The names a certificate proves (see [`x509::identities`]).
 pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
-    };
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        return san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.to_string()),
-                _ => None,
-            })
-            .collect();
-    }
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .collect()
-}
-
-/// The key pin of a certificate (see [`crate::certs::spki_pin`]); `None`
-/// if it does not parse.
-pub fn spki_pin(cert: &[u8]) -> Option<String> {
-    crate::certs::spki_pin(cert).ok()
+    x509::identities(cert)
 }
 
 /// aws-lc-rs with AES-128-GCM preferred: as strong as needed here and
@@ -157,10 +137,21 @@ pub fn spki_pin(cert: &[u8]) -> Option<String> {
 fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites.sort_by_key(|s| {
-        let name = format!("{:?}", s.suite());
-        (!name.contains("AES_128_GCM"), !name.starts_with("TLS13"))
+        (
+            !is_aes_128_gcm(s.suite()),
+            !matches!(s, SupportedCipherSuite::Tls13(_)),
+        )
     });
     Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: CipherSuite) -> bool {
+    matches!(
+        suite,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -192,12 +183,13 @@ pub fn server_config(
         ),
         None => None,
     };
-    let verifier = PeerVerifier {
-        webpki_client: webpki,
-        webpki_server: None,
-        pins: trust.pins,
+    let verifier = ClientVerifier {
+        webpki,
+        pins: PinCheck {
+            pins: trust.pins,
+            algorithms: provider.signature_verification_algorithms,
+        },
         peers,
-        algorithms: provider.signature_verification_algorithms,
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(files.tls12))
@@ -230,12 +222,12 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
         ),
         None => None,
     };
-    let verifier = PeerVerifier {
-        webpki_client: None,
-        webpki_server: webpki,
-        pins: trust.pins,
-        peers: Arc::new(PeerPolicy::Any),
-        algorithms: provider.signature_verification_algorithms,
+    let verifier = ServerVerifier {
+        webpki,
+        pins: PinCheck {
+            pins: trust.pins,
+            algorithms: provider.signature_verification_algorithms,
+        },
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(files.tls12))
@@ -440,7 +432,7 @@ fn own_identity(
         return Err(err("cert", "cert and key are both required"));
     };
     let chain = read_certs("cert", cert_path)?;
-    if let Some(problem) = validity_problem(&chain[0]) {
+    if let Some(problem) = x509::validity_problem(&chain[0]) {
         return Err(err("cert", format!("{}: {problem}", cert_path.display())));
     }
     let meta = std::fs::metadata(key_path)
@@ -468,92 +460,111 @@ fn own_identity(
     Ok((chain, key))
 }
 
-/// `Some(reason)` if the certificate is expired or not yet valid.
-pub fn validity_problem(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, parsed) = match X509Certificate::from_der(cert.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("certificate does not parse: {e}")),
-    };
-    let validity = parsed.validity();
-    let now = ASN1Time::now();
-    if now > validity.not_after {
-        return Some(format!("certificate expired on {}", validity.not_after));
-    }
-    if now < validity.not_before {
-        return Some(format!(
-            "certificate is not valid before {}",
-            validity.not_before
-        ));
-    }
-    None
-}
-
-/// Verifies the peer in either direction: chain through webpki when a CA is
-/// configured, key pin when pins are, then (server side) the identity list.
-/// Signatures are always checked with the provider's algorithms, so a peer
-/// that shows a pinned certificate without its key cannot finish.
-struct PeerVerifier {
-    webpki_client: Option<Arc<dyn ClientCertVerifier>>,
-    webpki_server: Option<Arc<WebPkiServerVerifier>>,
-    pins: Vec<String>,
-    peers: Arc<PeerPolicy>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for PeerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerVerifier")
-            .field("pins", &self.pins)
-            .field("peers", &self.peers)
-            .finish()
-    }
-}
-
 /// The reason a verifier gives when the peer's certificate is valid but its
 /// identity is not one the service accepts.
 pub const IDENTITY_REFUSED: CertificateError = CertificateError::ApplicationVerificationFailure;
 
-impl PeerVerifier {
-    /// Records who the peer claims to be in the connection's span, so that
-    /// a rejection log line shows the presented identity.
-    fn record(&self, end_entity: &CertificateDer<'_>) -> Vec<String> {
-        let ids = identities(end_entity);
-        tracing::Span::current().record("peer", tracing::field::display(ids.join(",")));
-        ids
-    }
+/// What both directions check besides the chain: the key pins (and, with
+/// no CA to check them, the dates) and the handshake signatures. Signatures
+/// are always checked with the provider's algorithms, so a peer that shows a
+/// pinned certificate without its key cannot finish.
+struct PinCheck {
+    pins: Vec<String>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-    fn check_pin_and_dates(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+impl PinCheck {
+    /// `chain_checked`: a CA verifier has already checked the chain, and
+    /// with it the dates.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        chain_checked: bool,
+    ) -> Result<(), rustls::Error> {
         if self.pins.is_empty() {
             return Ok(());
         }
-        let pin = spki_pin(end_entity.as_ref()).ok_or(CertificateError::BadEncoding)?;
+        let pin = x509::spki_pin(end_entity).map_err(|_| CertificateError::BadEncoding)?;
         if !self.pins.contains(&pin) {
             return Err(CertificateError::UnknownIssuer.into());
         }
-        // Without a CA the chain check (which also checks dates) is skipped.
-        if self.webpki_client.is_none() && self.webpki_server.is_none() {
-            if let Some(problem) = validity_problem(end_entity) {
+        if !chain_checked {
+            if let Some(problem) = x509::validity_problem(end_entity) {
                 tracing::debug!(%problem, "pinned certificate refused");
                 return Err(CertificateError::Expired.into());
             }
         }
         Ok(())
     }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl fmt::Debug for PinCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinCheck")
+            .field("pins", &self.pins)
+            .finish()
+    }
+}
+
+/// Records who the peer claims to be in the connection's span, so that a
+/// rejection log line shows the presented identity.
+fn record_peer(end_entity: &CertificateDer<'_>) -> Vec<String> {
+    let ids = identities(end_entity);
+    tracing::Span::current().record("peer", tracing::field::display(ids.join(",")));
+    ids
 }
 
 /// Logs a revoked peer certificate with its serial (as `certs show` and
 /// `certs revoke` print it): rustls's error names no certificate.
 fn log_revoked(e: &rustls::Error, end_entity: &CertificateDer<'_>) {
     if *e == rustls::Error::InvalidCertificate(CertificateError::Revoked) {
-        let serial = crate::certs::cert_info(end_entity.as_ref())
+        let serial = x509::CertInfo::parse(end_entity)
             .map(|i| i.serial)
             .unwrap_or_default();
         tracing::info!(%serial, "peer certificate is revoked");
     }
 }
 
-impl ClientCertVerifier for PeerVerifier {
+/// Verifies the clients of a server-mode service: chain through webpki when
+/// a CA is configured, key pin when pins are, then the identity list.
+struct ClientVerifier {
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+    pins: PinCheck,
+    peers: Arc<PeerPolicy>,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("pins", &self.pins.pins)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -563,7 +574,7 @@ impl ClientCertVerifier for PeerVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        match &self.webpki_client {
+        match &self.webpki {
             Some(v) => v.root_hint_subjects(),
             None => &[],
         }
@@ -575,12 +586,12 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ids = self.record(end_entity);
-        if let Some(v) = &self.webpki_client {
+        let ids = record_peer(end_entity);
+        if let Some(v) = &self.webpki {
             v.verify_client_cert(end_entity, intermediates, now)
                 .inspect_err(|e| log_revoked(e, end_entity))?;
         }
-        self.check_pin_and_dates(end_entity)?;
+        self.pins.check(end_entity, self.webpki.is_some())?;
         if !self.peers.allows(&ids) {
             return Err(IDENTITY_REFUSED.into());
         }
@@ -593,7 +604,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.pins.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -602,15 +613,31 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.pins.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.pins.supported_verify_schemes()
     }
 }
 
-impl ServerCertVerifier for PeerVerifier {
+/// Verifies the server a client-mode service connects to: chain through
+/// webpki when a CA is configured, key pin when pins are. Any identity the
+/// CA signed is accepted; the server name is checked by webpki.
+struct ServerVerifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    pins: PinCheck,
+}
+
+impl fmt::Debug for ServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerVerifier")
+            .field("pins", &self.pins.pins)
+            .finish()
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -619,12 +646,12 @@ impl ServerCertVerifier for PeerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.record(end_entity);
-        if let Some(v) = &self.webpki_server {
+        record_peer(end_entity);
+        if let Some(v) = &self.webpki {
             v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .inspect_err(|e| log_revoked(e, end_entity))?;
         }
-        self.check_pin_and_dates(end_entity)?;
+        self.pins.check(end_entity, self.webpki.is_some())?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -634,7 +661,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.pins.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -643,11 +670,11 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.pins.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.pins.supported_verify_schemes()
     }
 }
 
@@ -677,5 +704,19 @@ mod tests {
         assert!(PeerPolicy::parse(&[]).is_err());
         assert!(PeerPolicy::parse(&names(&["*", "a"])).is_err());
         assert!(PeerPolicy::parse(&names(&["a.*.b"])).is_err());
+    }
+
+    #[test]
+    fn aes_128_gcm_and_tls13_come_first() {
+        let suites: Vec<String> = provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(suites[0], "TLS13_AES_128_GCM_SHA256", "{suites:?}");
+        // The order the names alone give: AES-128-GCM first, then TLS 1.3.
+        let mut by_name = suites.clone();
+        by_name.sort_by_key(|n| (!n.contains("AES_128_GCM"), !n.starts_with("TLS13")));
+        assert_eq!(suites, by_name);
     }
 }
