@@ -177,7 +177,13 @@ fn respond(req: &Request<Incoming>, view: &DaemonView) -> Reply {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let services = view.services();
-            if services.is_empty() {
+            if view.draining() {
+                let open: usize = services.iter().map(|(_, s)| s.state.active()).sum();
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: stopping, draining {open} open connection(s)\n"),
+                )
+            } else if services.is_empty() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: no service listening\n",
@@ -311,6 +317,9 @@ pub fn connections(view: &DaemonView, service: Option<&str>) -> Vec<Connection> 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
+    /// Stopping: services no longer accept; `active` counts are draining.
+    #[serde(default)]
+    pub draining: bool,
     pub reloads: ReloadStatus,
     pub services: Vec<ServiceStatus>,
 }
@@ -396,6 +405,7 @@ pub fn status(view: &DaemonView) -> Status {
         .collect();
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        draining: view.draining(),
         reloads: ReloadStatus {
             attempts: r.attempts,
             failures: r.failures,

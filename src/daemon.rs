@@ -60,6 +60,8 @@ pub struct DaemonView {
 struct Registry {
     services: BTreeMap<String, Running>,
     reloads: ReloadStats,
+    /// Stopping: no service accepts; the open connections are finishing.
+    draining: bool,
 }
 
 /// One listening service as the admin endpoint sees it.
@@ -106,6 +108,12 @@ impl DaemonView {
         self.read().reloads.clone()
     }
 
+    /// Whether the daemon is stopping: its services no longer accept, and
+    /// the connections still listed are being drained.
+    pub fn draining(&self) -> bool {
+        self.read().draining
+    }
+
     /// Records the outcome of a reload attempt (`Err` holds the reason).
     pub fn record_reload(&self, result: Result<(), String>) {
         let mut v = self.write();
@@ -114,6 +122,9 @@ impl DaemonView {
             Ok(()) => {
                 v.reloads.last_failed = false;
                 v.reloads.last_success = Some(std::time::SystemTime::now());
+                // The configuration in force has no error; an old message
+                // would only mislead.
+                v.reloads.last_error = None;
             }
             Err(e) => {
                 v.reloads.failures += 1;
@@ -383,18 +394,27 @@ impl Daemon {
         });
     }
 
+    /// A token that, cancelled, closes every open connection at once: a
+    /// second stop request during the drain.
+    pub fn closer(&self) -> CancellationToken {
+        self.close_all.clone()
+    }
+
     /// Stops accepting at once, lets open connections finish for up to the
-    /// shutdown timeout, then closes what is left.
+    /// shutdown timeout, then closes what is left. While it drains, the
+    /// services stay in the view (marked draining), so that the admin
+    /// endpoint shows who holds the shutdown up.
     pub async fn shutdown(self) {
         self.stopping.cancel();
         let (accepting, states): (Vec<_>, Vec<_>) = {
             let mut registry = self.registry.write();
-            let services = std::mem::take(&mut registry.services);
-            services
-                .into_values()
-                .map(|mut r| {
+            registry.draining = true;
+            registry
+                .services
+                .values_mut()
+                .map(|r| {
                     r.stop_accepting.cancel();
-                    (r.accepting.take(), r.state)
+                    (r.accepting.take(), r.state.clone())
                 })
                 .unzip()
         };
@@ -420,6 +440,7 @@ impl Daemon {
             self.close_all.cancel();
             self.tracker.wait().await;
         }
+        self.registry.write().services.clear();
         info!("stopped");
     }
 }

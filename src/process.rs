@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::control;
@@ -183,7 +183,10 @@ pub async fn run(
                         let _ = reply.send(verdict);
                     }
                 }
-                Some(Command::Stop) | None => break,
+                Some(Command::Stop) | None => {
+                    info!("stopping");
+                    break;
+                }
             },
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
@@ -200,7 +203,31 @@ pub async fn run(
     if let Some(p) = control {
         let _ = std::fs::remove_file(p);
     }
-    daemon.shutdown().await;
+    // A second stop request during the drain closes what is left at once.
+    let closer = daemon.closer();
+    let drain = daemon.shutdown();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => break,
+            command = commands.recv() => match command {
+                Some(Command::Stop) => {
+                    if !closer.is_cancelled() {
+                        warn!("second stop request: closing the remaining connections now, without waiting for the shutdown timeout");
+                        closer.cancel();
+                    }
+                }
+                Some(Command::Reload { reply }) => {
+                    info!("reload ignored: the daemon is stopping");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("the daemon is stopping".to_owned()));
+                    }
+                }
+                // The sender is gone: wait for the drain alone.
+                None => { (&mut drain).await; break }
+            },
+        }
+    }
     // Last, so that metrics and /readyz (503 while draining) stay visible.
     stop_side_tasks.cancel();
     if let Some(admin) = admin {
@@ -218,8 +245,8 @@ fn forward_signals(commands: mpsc::Sender<Command>) -> std::io::Result<()> {
     tokio::spawn(async move {
         loop {
             let command = tokio::select! {
-                _ = term.recv() => { info!("SIGTERM received: stopping"); Command::Stop }
-                _ = int.recv() => { info!("SIGINT received: stopping"); Command::Stop }
+                _ = term.recv() => { info!("SIGTERM received"); Command::Stop }
+                _ = int.recv() => { info!("SIGINT received"); Command::Stop }
                 _ = hup.recv() => { info!("SIGHUP received"); Command::Reload { reply: None } }
             };
             if commands.send(command).await.is_err() {

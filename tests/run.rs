@@ -128,3 +128,90 @@ async fn run_refuses_a_busy_admin_address_before_any_service_listens() {
         "{err}"
     );
 }
+
+/// During the drain after a stop, the admin endpoint still shows the
+/// connections being drained (who holds the shutdown up) and says it is
+/// stopping; a second stop closes them at once instead of waiting for
+/// `shutdown_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_is_visible_and_a_second_stop_ends_it() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    let server_only = format!(
+        "[daemon]\nshutdown_timeout = \"1h\"\n{}",
+        text(&pki, &s, backend, 0)
+    );
+    std::fs::write(&path, &server_only).unwrap();
+    let config = dctunnel::config::load(&path).unwrap();
+    let (commands, received) = mpsc::channel(4);
+    let (started_tx, started) = oneshot::channel();
+    let run = tokio::spawn({
+        let path = path.clone();
+        async move { process::run(config, &path, None, received, Some(started_tx)).await }
+    });
+    let Started { admin, view } = started.await.unwrap();
+    let admin = admin.unwrap();
+    // The client side, pointed at the server side's real port.
+    let tls = view.services()[0].1.local_addr;
+    let with_client = format!(
+        "{server_only}\n[[service]]\nname = \"plain\"\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{tls}\"\nserver_name = \"{SERVER}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+        ca = pki.ca_pem.display(),
+        cert = c.cert.display(),
+        key = c.key.display(),
+    );
+    std::fs::write(&path, with_client).unwrap();
+    let (reply, verdict) = oneshot::channel();
+    commands
+        .send(Command::Reload { reply: Some(reply) })
+        .await
+        .unwrap();
+    verdict.await.unwrap().unwrap();
+    let entrance = view
+        .services()
+        .into_iter()
+        .find(|(n, _)| n == "plain")
+        .unwrap()
+        .1
+        .local_addr;
+    let mut held = TcpStream::connect(entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut held, b"held").await, b"held");
+
+    commands.send(Command::Stop).await.unwrap();
+    eventually("the daemon drains", || view.draining()).await;
+    let ready = get(admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains("not ready: stopping, draining 2 open connection(s)"),
+        "{ready}"
+    );
+    let connections = get(admin, "/connections").await;
+    assert!(connections.contains("\"plain\""), "{connections}");
+    assert!(connections.contains("\"tls\""), "{connections}");
+    let status: String = get(admin, "/status")
+        .await
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    assert!(status.contains("\"draining\":true"), "{status}");
+    let metrics = get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("dctunnel_connections_active{service=\"plain\"} 1"),
+        "{metrics}"
+    );
+    // The held connection still works while draining.
+    assert_eq!(roundtrip(&mut held, b"draining").await, b"draining");
+
+    // A second stop: the connection is closed and run returns, long before
+    // the hour of shutdown_timeout.
+    commands.send(Command::Stop).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("a second stop did not end the drain")
+        .unwrap()
+        .unwrap();
+    let (_, closed) = read_to_end(&mut held).await;
+    assert!(closed, "held connection still open");
+}
