@@ -417,7 +417,8 @@ pub fn status(view: &DaemonView) -> Status {
     }
 }
 
-/// A time as RFC 3339 in UTC, whole seconds.
+/// A time as RFC 3339 in UTC, whole seconds (the one formatter of
+/// [`crate::x509`]).
 pub fn rfc3339(t: SystemTime) -> String {
     rfc3339_unix(metrics::unix_seconds(t))
 }
@@ -425,10 +426,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Unix seconds as RFC 3339 in UTC; empty if out of range.
 fn rfc3339_unix(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .map(crate::x509::rfc3339)
         .unwrap_or_default()
 }
