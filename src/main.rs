@@ -23,6 +23,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run every service of the configuration file.
+    ///
+    /// SIGHUP (or `dctunnel reload`) re-reads the file and applies it, or
+    /// keeps the running configuration if the new one is invalid. SIGTERM
+    /// or SIGINT stops accepting and lets open connections finish for up to
+    /// `[daemon] shutdown_timeout`; a second one closes them at once.
+    ///
+    /// Log level: DCTUNNEL_LOG, in syslog's words (emerg, alert, crit, err,
+    /// warning, notice, info, debug) or numbers (0-7); info by default;
+    /// e.g. DCTUNNEL_LOG=warning, or DCTUNNEL_LOG=debug,rustls=debug.
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = dctunnel::config::DEFAULT_PATH)]
@@ -66,7 +75,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, control } => {
-            if let Err(e) = dctunnel::logging::init(cli.log_format) {
+            let value = match std::env::var("DCTUNNEL_LOG") {
+                Ok(v) => Some(v),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(v)) => Some(v.to_string_lossy().into_owned()),
+            };
+            let filter = match dctunnel::logging::filter(value.as_deref()) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Refused before anything runs: never run silent.
+                    eprintln!("dctunnel: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = dctunnel::logging::init(cli.log_format, filter) {
                 eprintln!("dctunnel: {e}");
                 return ExitCode::FAILURE;
             }
