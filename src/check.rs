@@ -11,16 +11,21 @@ use crate::config;
 pub fn main(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
-            println!(
+            crate::outln!(
                 "{}: OK, {} service(s)",
                 path.display(),
                 config.services.len()
             );
             for s in &config.services {
                 let d = config::describe(s);
-                println!(
+                crate::outln!(
                     "  {:<20} {:<6} {} -> {}  sources: {}  peers: {}",
-                    s.name, d.mode, d.listen, d.connect, d.sources, d.peers
+                    s.name,
+                    d.mode,
+                    d.listen,
+                    d.connect,
+                    d.sources,
+                    d.peers
                 );
             }
             ExitCode::SUCCESS

@@ -153,7 +153,7 @@ pub fn main(args: ReloadArgs) -> ExitCode {
     match ask(&args.control, "reload") {
         Ok(answer) => {
             if let Some(summary) = answer.strip_prefix("ok: ") {
-                println!("{}", summary.trim_end());
+                crate::outln!("{}", summary.trim_end());
                 ExitCode::SUCCESS
             } else {
                 let reason = answer.strip_prefix("error: ").unwrap_or(&answer);

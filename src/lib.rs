@@ -12,6 +12,7 @@
 //! - [`control`]: the control socket and `dctunnel reload`, which waits for
 //!   the daemon's verdict.
 //! - [`check`], [`logging`]: the `check` command and log output.
+//! - [`output`]: the command-line tools' stdout, quiet when the reader goes (`| head`).
 //! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
 //! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod output;
 pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -76,7 +76,7 @@ pub fn main(args: StatusArgs) -> ExitCode {
     };
     match runtime.block_on(run(&args)) {
         Ok(text) => {
-            print!("{text}");
+            crate::out!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -167,19 +167,19 @@ fn run_init_ca(args: InitCaArgs) -> Result<(), CertsError> {
         key_type: args.key_type,
     };
     let w = init_ca(&args.dir, &opts)?;
-    println!(
+    crate::outln!(
         "wrote {} (CA certificate \"{}\", valid until {})",
         display_path(&w.cert_path),
         opts.name,
         human_time(w.not_after)
     );
-    println!(
+    crate::outln!(
         "wrote {} (CA private key, mode 0600: keep it off the tunnel hosts)",
         display_path(&w.key_path)
     );
-    println!();
-    println!("Next: issue one certificate per host, for example");
-    println!(
+    crate::outln!();
+    crate::outln!("Next: issue one certificate per host, for example");
+    crate::outln!(
         "  dctunnel certs issue --ca {} --name off2.openfoodfacts.org --out hosts/",
         display_path(&absolute(&args.dir))
     );
@@ -199,14 +199,14 @@ fn run_issue(args: IssueArgs) -> Result<(), CertsError> {
             );
         }
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "Configuration lines for {} (paths on this machine: adjust them if you copy the files):",
         opts.name
     );
-    println!("ca = {}", quoted(&display_path(&ca_cert)));
-    println!("cert = {}", quoted(&display_path(&w.cert_path)));
-    println!("key = {}", quoted(&display_path(&w.key_path)));
+    crate::outln!("ca = {}", quoted(&display_path(&ca_cert)));
+    crate::outln!("cert = {}", quoted(&display_path(&w.cert_path)));
+    crate::outln!("key = {}", quoted(&display_path(&w.key_path)));
     Ok(())
 }
 
@@ -214,29 +214,29 @@ fn run_keygen(args: KeygenArgs) -> Result<(), CertsError> {
     let (opts, out) = args.host.into_options();
     let w = keygen(&out, &opts)?;
     print_written(&w, "self-signed certificate")?;
-    println!();
-    println!("On {} itself:", opts.name);
-    println!("cert = {}", quoted(&display_path(&w.cert_path)));
-    println!("key = {}", quoted(&display_path(&w.key_path)));
-    println!("On its peers, to accept it:");
-    println!("peer_pins = [{}]", quoted(&w.pin));
+    crate::outln!();
+    crate::outln!("On {} itself:", opts.name);
+    crate::outln!("cert = {}", quoted(&display_path(&w.cert_path)));
+    crate::outln!("key = {}", quoted(&display_path(&w.key_path)));
+    crate::outln!("On its peers, to accept it:");
+    crate::outln!("peer_pins = [{}]", quoted(&w.pin));
     Ok(())
 }
 
 fn print_written(w: &Written, what: &str) -> Result<(), CertsError> {
     let info = cert_info(&w.cert_der)?;
-    println!(
+    crate::outln!(
         "wrote {} ({what}, valid until {})",
         display_path(&w.cert_path),
         human_time(w.not_after)
     );
-    println!(
+    crate::outln!(
         "wrote {} (private key, mode 0600)",
         display_path(&w.key_path)
     );
-    println!("names: {}", info.sans.join(", "));
-    println!("serial: {}", w.serial);
-    println!("pin: {}", w.pin);
+    crate::outln!("names: {}", info.sans.join(", "));
+    crate::outln!("serial: {}", w.serial);
+    crate::outln!("pin: {}", w.pin);
     Ok(())
 }
 
@@ -260,7 +260,7 @@ fn run_show(args: ShowArgs) -> Result<(), CertsError> {
             }
         }
     }
-    print!("{out}");
+    crate::out!("{out}");
     Ok(())
 }
 
@@ -273,15 +273,15 @@ fn run_revoke(args: RevokeArgs) -> Result<(), CertsError> {
     };
     let r = revoke(&args.ca, &target, args.reason)?;
     if r.newly_revoked {
-        println!(
+        crate::outln!(
             "revoked serial {}; wrote {} ({} revoked in total)",
             r.serial,
             display_path(&r.crl_path),
             r.total
         );
-        println!("Copy the CRL to every host that verifies this CA, then reload dctunnel.");
+        crate::outln!("Copy the CRL to every host that verifies this CA, then reload dctunnel.");
     } else {
-        println!(
+        crate::outln!(
             "serial {} is already in {} ({} revoked in total); nothing changed",
             r.serial,
             display_path(&r.crl_path),
