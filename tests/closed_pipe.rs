@@ -7,11 +7,13 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// Runs the real binary with `args`, its stdout a pipe whose reader is
-/// already closed; returns the exit code and stderr.
+/// Runs the real binary with `args`, its stdout a socket whose reading end
+/// is already closed (writes fail with EPIPE, as into `| head` that has
+/// exited); returns the exit code and stderr.
 fn into_a_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
     drop(reader);
+    let writer = std::os::fd::OwnedFd::from(writer);
     let out = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
         .args(args)
         .stdout(Stdio::from(writer))
