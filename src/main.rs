@@ -98,7 +98,10 @@ fn main() -> ExitCode {
         Command::Check { config } => dctunnel::check::main(&config),
         Command::Certs(cmd) => dctunnel::certs::main(cmd),
         Command::ImportStunnel(args) => dctunnel::stunnel::main(args),
-        Command::Status(args) => dctunnel::status::main(args),
+        Command::Status(mut args) => {
+            args.json |= cli.log_format == LogFormat::Json;
+            dctunnel::status::main(args)
+        }
         Command::GenerateAssets { out } => dctunnel::assets::main(Cli::command(), &out),
     }
 }

@@ -26,9 +26,17 @@ const MAX_ANSWER: usize = 64 << 20;
 /// Arguments of `dctunnel status`.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The configuration file; its [admin] listen address is queried.
+    /// The configuration file; its [admin] listen address is queried
+    /// (found even when the rest of the file has a syntax error).
     #[arg(long, short, default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
+    /// The admin endpoint to ask, instead of reading the configuration.
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "config")]
+    pub admin: Option<SocketAddr>,
+    /// Print the admin endpoint's JSON document instead of tables (also
+    /// with `--log-format json`).
+    #[arg(long)]
+    pub json: bool,
     /// List the open connections, grouped by service and peer.
     #[arg(long)]
     pub connections: bool,
@@ -88,7 +96,10 @@ pub fn main(args: StatusArgs) -> ExitCode {
 
 /// What `status` prints for `args`.
 pub async fn run(args: &StatusArgs) -> Result<String, StatusError> {
-    let addr = admin_address(&args.config)?;
+    let addr = match args.admin {
+        Some(addr) => loopback_for_wildcard(addr),
+        None => admin_address(&args.config)?,
+    };
     let mut status: Status = get_json(addr, "/status").await?;
     if let Some(name) = &args.service {
         status.services.retain(|s| &s.name == name);
@@ -105,7 +116,12 @@ pub async fn run(args: &StatusArgs) -> Result<String, StatusError> {
             None => "/connections".to_owned(),
         };
         let connections: Vec<Connection> = get_json(addr, &path).await?;
+        if args.json {
+            return Ok(to_json(&connections));
+        }
         Ok(render_connections(&status, &connections))
+    } else if args.json {
+        Ok(to_json(&status))
     } else {
         Ok(render_status(&status))
     }
@@ -113,35 +129,80 @@ pub async fn run(args: &StatusArgs) -> Result<String, StatusError> {
 
 /// The admin endpoint named by the configuration at `path`. Only the
 /// `[admin]` table is read: `status` needs neither the keys nor a
-/// configuration that would still load (the daemon may run an older one).
+/// configuration that would still load (the daemon may run an older one,
+/// and during an incident the file on disk may be half edited).
 pub fn admin_address(path: &Path) -> Result<SocketAddr, StatusError> {
     let problem = |message: String| StatusError::Config {
         path: path.to_owned(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| problem(format!("not valid TOML: {}", e.message())))?;
-    let listen = match table.get("admin").and_then(|a| a.get("listen")) {
-        Some(toml::Value::String(s)) => s,
-        Some(_) => {
-            return Err(problem(
-                "[admin].listen must be a string \"IP:PORT\"".into(),
-            ))
-        }
-        None => {
-            return Err(problem(
-                "no [admin] listen address; status asks the daemon's admin endpoint: \
-                 add [admin] listen = \"127.0.0.1:9815\" and reload"
-                    .into(),
-            ))
-        }
+    let listen = match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => match table.get("admin").and_then(|a| a.get("listen")) {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(problem(
+                    "[admin].listen must be a string \"IP:PORT\"".into(),
+                ))
+            }
+            None => return Err(problem(NO_ADMIN.into())),
+        },
+        // A syntax error elsewhere in the file: the [admin] table's lines
+        // may still say where the daemon listens.
+        Err(e) => match admin_listen_line(&text) {
+            Some(listen) => {
+                eprintln!(
+                    "dctunnel: {}: not valid TOML ({}); asking the admin endpoint its [admin] table names",
+                    path.display(),
+                    e.message()
+                );
+                listen
+            }
+            None => {
+                return Err(problem(format!(
+                    "not valid TOML: {}; name the endpoint with --admin IP:PORT",
+                    e.message()
+                )))
+            }
+        },
     };
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| problem(format!("[admin].listen: {listen:?} is not IP:PORT")))?;
-    // A wildcard listener is reached on loopback.
-    Ok(match addr.ip() {
+    Ok(loopback_for_wildcard(addr))
+}
+
+const NO_ADMIN: &str = "no [admin] listen address; status asks the daemon's admin endpoint: \
+                        add [admin] listen = \"127.0.0.1:9815\" and reload, or name it with --admin IP:PORT";
+
+/// `listen = "..."` inside the `[admin]` table, read line by line from a
+/// file that does not parse as a whole.
+fn admin_listen_line(text: &str) -> Option<String> {
+    let mut in_admin = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_admin = line.split('#').next().map(str::trim) == Some("[admin]");
+            continue;
+        }
+        if !in_admin {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() == "listen" {
+            let value = value.split('#').next()?.trim();
+            let value = value.strip_prefix('"')?.strip_suffix('"')?;
+            return Some(value.to_owned());
+        }
+    }
+    None
+}
+
+/// A wildcard listener is reached on loopback.
+fn loopback_for_wildcard(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
         }
@@ -149,7 +210,12 @@ pub fn admin_address(path: &Path) -> Result<SocketAddr, StatusError> {
             SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
         }
         _ => addr,
-    })
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -481,5 +547,18 @@ mod tests {
         std::fs::write(&path, "[[service]]\nname = \"x\"\n").unwrap();
         let e = admin_address(&path).unwrap_err().to_string();
         assert!(e.contains("no [admin] listen address"), "{e}");
+        // Half edited: the [admin] table still names the endpoint.
+        std::fs::write(
+            &path,
+            "[admin]\nlisten = \"127.0.0.1:9900\" # here\n\n[[service]]\nname = \"x\nmode = ",
+        )
+        .unwrap();
+        assert_eq!(
+            admin_address(&path).unwrap(),
+            "127.0.0.1:9900".parse().unwrap()
+        );
+        std::fs::write(&path, "[[service]\nname = ").unwrap();
+        let e = admin_address(&path).unwrap_err().to_string();
+        assert!(e.contains("not valid TOML") && e.contains("--admin"), "{e}");
     }
 }

@@ -1,0 +1,71 @@
+//! `dctunnel status` during an incident: the file on disk half edited, the
+//! endpoint named by hand, JSON for scripts.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn status(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_works_with_a_broken_file_by_hand_and_as_json() {
+    let pki = Pki::new("CA");
+    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let tls = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    let text = format!(
+        "[admin]\nlisten = \"{admin}\"\n{}",
+        tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls)
+    );
+    std::fs::write(&path, &text).unwrap();
+    let mut p = Proc::start(&path, "");
+    p.wait_for("ready");
+    let config = path.to_str().unwrap();
+
+    // The admin half-way through an edit: a syntax error further down.
+    std::fs::write(&path, text.replace("mode = \"client\"", "mode = \"client")).unwrap();
+    let (code, out, err) = status(&["status", "--config", config]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("plain") && out.contains("tls"), "{out}");
+    assert!(err.contains("not valid TOML"), "{err}");
+
+    // The endpoint by hand, and JSON both ways.
+    let (code, out, err) = status(&["status", "--admin", &admin, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"].as_array().unwrap().len(), 2, "{v}");
+    let (code, out, err) = status(&[
+        "--log-format",
+        "json",
+        "status",
+        "--admin",
+        &admin,
+        "--connections",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.is_array(), "{v}");
+
+    // Nothing to salvage: the error says how to name the endpoint.
+    std::fs::write(&path, "[[service]\n").unwrap();
+    let (code, _, err) = status(&["status", "--config", config]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--admin IP:PORT"), "{err}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+}
