@@ -13,12 +13,12 @@
 //! deadline: reading a request's headers (idle keep-alive included), and
 //! the whole life of a connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
@@ -28,7 +28,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -47,7 +46,7 @@ pub struct Options {
     /// Time given to a request in progress to finish when the connection
     /// reaches its lifetime or the server stops.
     pub grace: Duration,
-    /// Connections served at once; further ones wait in the backlog.
+    /// Connections open at once; a new one past it closes the oldest.
     pub max_connections: usize,
 }
 
@@ -75,18 +74,14 @@ pub async fn serve_with(
     stop: CancellationToken,
     options: Options,
 ) {
-    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    // The open connections, oldest first. Past the limit, a new client
+    // closes the oldest one instead of waiting: idle or slow clients (40
+    // idle sockets delayed /healthz by 5 s) can never keep a probe or a
+    // scrape out. A request takes microseconds, so the oldest is idle.
+    let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
     let tracker = TaskTracker::new();
+    let mut next_id = 0u64;
     loop {
-        // The permit is taken before accepting: past the limit, clients
-        // wait in the kernel's backlog.
-        let permit = tokio::select! {
-            () = stop.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // never closed
-            },
-        };
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             a = listener.accept() => a,
@@ -101,18 +96,36 @@ pub async fn serve_with(
                 }
             }
         };
+        next_id += 1;
+        let id = next_id;
+        let close = stop.child_token();
+        {
+            let mut open = lock(&open);
+            while open.len() >= options.max_connections.max(1) {
+                if let Some((_, oldest)) = open.pop_front() {
+                    debug!(%client, "admin: connection limit reached; closing the oldest connection");
+                    oldest.cancel();
+                }
+            }
+            open.push_back((id, close.clone()));
+        }
         let view = view.clone();
-        let stop = stop.clone();
         let options = options.clone();
+        let open = open.clone();
         tracker.spawn(async move {
-            connection(tcp, view, stop, &options).await;
+            connection(tcp, view, close, &options).await;
             debug!(%client, "admin: connection closed");
-            drop(permit);
+            lock(&open).retain(|(i, _)| *i != id);
         });
     }
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every holder leaves the queue consistent, so a poisoned lock is fine.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn connection(
