@@ -54,10 +54,38 @@ const FIXTURES: &[Fixture] = &[
         refused_because: &["no [[service]] defined"],
     },
     Fixture {
+        file: "off2-psk-per-service.conf",
+        check_passes: false,
+        services: &["OffMongodb", "OffRedis", "OffInfluxdb"],
+        refused_because: &[
+            "service \"OffMongodb\": cert: is required",
+            "service \"OffMongodb\": key: is required",
+            "service \"OffMongodb\": ca: is required",
+            "service \"OffMongodb\": allow_peers: is required in server mode",
+            "service \"OffRedis\": cert: is required",
+            "service \"OffRedis\": key: is required",
+            "service \"OffRedis\": ca: is required",
+            "service \"OffRedis\": allow_peers: is required in server mode",
+            "service \"OffInfluxdb\": cert: is required",
+            "service \"OffInfluxdb\": key: is required",
+            "service \"OffInfluxdb\": ca: is required",
+            "service \"OffInfluxdb\": allow_peers: is required in server mode",
+        ],
+    },
+    Fixture {
         file: "off2-psk.conf",
         check_passes: false,
         services: &["mongodb", "redis"],
-        refused_because: PSK_REFUSALS,
+        refused_because: &[
+            "service \"mongodb\": cert: is required",
+            "service \"mongodb\": key: is required",
+            "service \"mongodb\": ca: is required",
+            "service \"mongodb\": allow_peers: is required in server mode",
+            "service \"redis\": cert: is required",
+            "service \"redis\": key: is required",
+            "service \"redis\": ca: is required",
+            "service \"redis\": allow_peers: is required in server mode",
+        ],
     },
     Fixture {
         file: "off2.conf",
@@ -79,9 +107,12 @@ const FIXTURES: &[Fixture] = &[
     },
     Fixture {
         file: "problems.conf",
-        check_passes: true,
+        check_passes: false,
         services: &["mongodb", "mongodb-2", "smtp-starttls"],
-        refused_because: &[],
+        // stunnel also filtered its clients with hosts.allow (libwrap).
+        refused_because: &[
+            "service \"smtp-starttls\": allow_peers: is required in server mode",
+        ],
     },
     Fixture {
         file: "robotoff-ipv6.conf",
@@ -103,7 +134,8 @@ const FIXTURES: &[Fixture] = &[
     },
 ];
 
-/// A pre-shared-key service has no certificates until the user issues them.
+/// A pre-shared-key client service has no certificates until the user issues
+/// them (a server one waits for its allow_peers as well).
 const PSK_REFUSALS: &[&str] = &[
     "service \"mongodb\": cert: is required",
     "service \"mongodb\": key: is required",
@@ -320,7 +352,16 @@ fn import(mirror: &Mirror, name: &str) -> Imported {
     let out = run(&["import-stunnel".as_ref(), mirror.conf(name).as_os_str()]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{name}: import failed: {stderr}");
+    // A file that gives no service fails, its output written all the same.
+    let gives_none = FIXTURES
+        .iter()
+        .any(|f| f.file == name && f.services.is_empty());
+    assert_eq!(
+        out.status.success(),
+        !gives_none,
+        "{name}: import status {}: {stderr}",
+        out.status
+    );
     let table =
         toml::from_str(&stdout).unwrap_or_else(|e| panic!("{name}: not TOML: {e}\n{stdout}"));
     Imported {
@@ -363,10 +404,16 @@ impl Imported {
         above.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// The warnings on standard error (not the final verdict of a file that
+    /// gave no service).
     fn warning_lines(&self) -> Vec<&str> {
         self.stderr
             .lines()
-            .filter(|l| l.starts_with("dctunnel: "))
+            .filter(|l| {
+                ["problem", "unsupported", "note"]
+                    .iter()
+                    .any(|s| l.starts_with(&format!("dctunnel: {s}: ")))
+            })
             .collect()
     }
 }
@@ -459,8 +506,9 @@ fn complete_fixtures_pass_dctunnel_check() {
             "--output".as_ref(),
             toml_path.as_os_str(),
         ]);
-        assert!(
+        assert_eq!(
             out.status.success(),
+            !fixture.services.is_empty(),
             "{}: {}",
             fixture.file,
             String::from_utf8_lossy(&out.stderr)
@@ -625,6 +673,309 @@ fn psk_services_are_listed_one_by_one_with_what_to_do() {
     }
 }
 
+/// The service names and PSK identities of off2-psk-per-service.conf, one
+/// secrets file per service (influxdb's is missing on purpose).
+const PER_SERVICE: &[(&str, &[&str])] = &[
+    (
+        "OffMongodb",
+        &["ovh-proxy-mongodb", "moji-off-query-mongodb"],
+    ),
+    ("OffRedis", &["ovh-proxy-redis"]),
+    ("OffInfluxdb", &[]),
+];
+
+/// Adds ca, cert and key to every service of `toml`, as a user does first.
+fn with_certificates(toml: &str, dir: &Path) -> String {
+    let ca = TestCa::new();
+    let (cert, key) = ca.host("off2-proxy.openfoodfacts.org");
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("off2.pem"),
+        dir.join("off2.key"),
+    );
+    write_new(&ca_path, &ca.cert_pem);
+    write_new(&cert_path, &cert);
+    write_private(&key_path, &key);
+    toml.replace(
+        "\n[[service]]\n",
+        &format!(
+            "\n[[service]]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca_path.display(),
+            cert_path.display(),
+            key_path.display()
+        ),
+    )
+}
+
+fn check(path: &Path) -> (bool, String) {
+    let out = run(&["check".as_ref(), "--config".as_ref(), path.as_os_str()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// A key per service was the access rule: once ca, cert and key are set,
+/// `dctunnel check` still refuses each PSK server service, naming it, until
+/// a person lists its clients; the comment offers the identities of that
+/// service's own secrets file. Then it passes.
+#[test]
+fn psk_server_sections_stay_closed_until_their_clients_are_listed() {
+    let mirror = Mirror::new();
+    let out = import(&mirror, "off2-psk-per-service.conf");
+    for (service, identities) in PER_SERVICE {
+        let table = out.service(service);
+        assert!(
+            !table.contains_key("allow_peers"),
+            "{service} is open:\n{}",
+            out.toml
+        );
+        let suggested = if identities.is_empty() {
+            "# allow_peers = [\"HOST\", ...]".to_owned()
+        } else {
+            let quoted: Vec<String> = identities.iter().map(|i| format!("\"{i}\"")).collect();
+            format!("# allow_peers = [{}]", quoted.join(", "))
+        };
+        let start = out.toml.find(&format!("name = \"{service}\"")).unwrap();
+        let own = &out.toml[start..];
+        let own = &own[..own.find("\n\n").unwrap_or(own.len())];
+        assert!(own.contains(&suggested), "{suggested} not in\n{own}");
+        assert!(
+            own.contains("# allow_peers is left out on purpose"),
+            "{own}"
+        );
+        let warning = format!("[{service}]: allow_peers left out: stunnel let in only the holders of this service's pre-shared keys");
+        assert!(
+            out.stderr.contains(&warning),
+            "{warning} not in\n{}",
+            out.stderr
+        );
+    }
+    // Each service offers the identities of its own file only.
+    assert!(
+        out.stderr.contains("the identities in ")
+            && out
+                .stderr
+                .contains("mongodb-psk.txt are ovh-proxy-mongodb, moji-off-query-mongodb;"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("influxdb-psk.txt (cannot read it: "),
+        "{}",
+        out.stderr
+    );
+
+    let dir = mirror.root.path().join("certs");
+    let path = mirror.root.path().join("off.toml");
+    let toml = with_certificates(&out.toml, &dir);
+    fs::write(&path, &toml).unwrap();
+    let (passed, said) = check(&path);
+    assert!(!passed, "{said}");
+    for (service, _) in PER_SERVICE {
+        let refusal = format!("service \"{service}\": allow_peers: is required in server mode");
+        assert!(said.contains(&refusal), "{refusal} not in {said}");
+    }
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("  ")).count(),
+        3,
+        "{said}"
+    );
+
+    // The user confirms the names (here the suggested ones, and a host for
+    // the file that could not be read).
+    let listed = toml
+        .replace(
+            "# allow_peers = [\"HOST\", ...]",
+            "allow_peers = [\"ovh1.openfoodfacts.org\"]",
+        )
+        .replace("# allow_peers = [", "allow_peers = [");
+    fs::write(&path, &listed).unwrap();
+    let (passed, said) = check(&path);
+    assert!(passed, "{said}\non:\n{listed}");
+    assert!(
+        said.contains("OffMongodb") && said.contains("ovh-proxy-mongodb"),
+        "{said}"
+    );
+}
+
+/// The keys of the secrets files never appear in what import-stunnel or
+/// check print, nor in a message about a malformed secrets file.
+#[test]
+fn psk_keys_appear_in_no_output() {
+    let psk_dir = fixtures_dir().join("psk");
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(&psk_dir).unwrap() {
+        let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            keys.push(line.split_once(':').unwrap().1.to_owned());
+        }
+    }
+    assert!(
+        keys.len() >= 3,
+        "only {} keys found in {}",
+        keys.len(),
+        psk_dir.display()
+    );
+    let mirror = Mirror::new();
+    let mut said = String::new();
+    for fixture in FIXTURES {
+        let out = run(&[
+            "import-stunnel".as_ref(),
+            mirror.conf(fixture.file).as_os_str(),
+        ]);
+        said.push_str(&String::from_utf8_lossy(&out.stdout));
+        said.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let out = import(&mirror, "off2-psk-per-service.conf");
+    let path = mirror.root.path().join("off.toml");
+    fs::write(
+        &path,
+        with_certificates(&out.toml, &mirror.root.path().join("certs")),
+    )
+    .unwrap();
+    said.push_str(&check(&path).1);
+
+    // A secrets file with a line that is a key alone: named by its number.
+    let key = "Eeph9ahx4eiMo0ohbi6eeSah7ohtiet1";
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("bad-psk.txt"),
+        format!("ovh1:{key}\n{key}\n"),
+    )
+    .unwrap();
+    let conf = dir.path().join("off.conf");
+    fs::write(&conf, "[redis]\naccept = 6379\nconnect = 10.1.0.122:6379\nciphers = PSK\nPSKsecrets = bad-psk.txt\n").unwrap();
+    let out = run(&["import-stunnel".as_ref(), conf.as_os_str()]);
+    let bad = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bad.contains("bad-psk.txt (line 2 is not IDENTITY:KEY (stunnel refuses this file))"),
+        "{bad}"
+    );
+    said.push_str(&bad);
+    keys.push(key.to_owned());
+
+    assert!(
+        said.contains("ovh-proxy-mongodb"),
+        "the identities are shown"
+    );
+    for key in &keys {
+        assert!(!said.contains(key.as_str()), "a PSK key was printed: {key}");
+    }
+}
+
+/// Any other client check stunnel made and dctunnel cannot (hosts.allow,
+/// IDENT, e-mail addresses) also leaves allow_peers out, even beside a
+/// checkHost.
+#[test]
+fn server_sections_whose_client_checks_do_not_carry_over_stay_closed() {
+    let base = "[mongodb]\naccept = 27017\nconnect = 10.1.0.102:27017\nCAfile = /ca.pem\ncert = /c.pem\nverifyChain = yes\n";
+    for (extra, said) in [
+        (
+            "libwrap = yes\ncheckHost = ovh1.example.org\n",
+            "/etc/hosts.allow and /etc/hosts.deny allowed for `mongodb`",
+        ),
+        (
+            "ident = robotoff\n",
+            "whose IDENT server answered `robotoff`",
+        ),
+        (
+            "checkEmail = ops@example.org\n",
+            "carrying the e-mail address ops@example.org",
+        ),
+    ] {
+        let (table, text, warnings) = translate(&format!("{base}{extra}"));
+        let mongodb = services(&table)[0];
+        assert!(
+            !mongodb.contains_key("allow_peers"),
+            "{extra}: open:\n{text}"
+        );
+        assert!(
+            text.contains("# allow_peers is left out on purpose"),
+            "{text}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.starts_with("problem: ")
+                && w.contains("allow_peers left out")
+                && w.contains(said)),
+            "{extra}: {warnings:?}"
+        );
+    }
+    let (_, text, _) = translate(&format!(
+        "{base}libwrap = yes\ncheckHost = ovh1.example.org\n"
+    ));
+    assert!(
+        text.contains("# allow_peers = [\"ovh1.example.org\"]"),
+        "{text}"
+    );
+    // Without the secrets file read, the library names the file and why.
+    let (_, text, _) = translate("[r]\naccept = 6379\nconnect = 10.1.0.122:6379\nPSKsecrets = /etc/stunnel/psk/redis-psk.txt\n");
+    assert!(
+        text.contains(
+            "/etc/stunnel/psk/redis-psk.txt,\n#   not read here (not read (no file access here))"
+        ),
+        "{text}"
+    );
+}
+
+/// `retry` only restarts an exec program; `debug` says how to get the same
+/// level; a bare port keeps its port in the advice for a client section.
+#[test]
+fn small_options_get_the_right_advice() {
+    let (_, _, warnings) = translate("[r]\nclient = yes\naccept = 127.0.0.1:6379\nconnect = off2.example.org:6379\nretry = yes\n");
+    let retry: Vec<&String> = warnings.iter().filter(|w| w.contains("retry")).collect();
+    assert_eq!(retry.len(), 1, "{warnings:?}");
+    assert!(
+        retry[0].starts_with("note: t.conf:5 [r]: `retry = yes`: only used with exec"),
+        "{}",
+        retry[0]
+    );
+    assert!(!retry[0].contains("starting a program"), "{}", retry[0]);
+
+    for (value, level) in [
+        ("warning", "warning"),
+        ("daemon.notice", "notice"),
+        ("3", "3"),
+        ("LOCAL0.Err", "err"),
+    ] {
+        let (_, _, warnings) =
+            translate(&format!("debug = {value}\n[r]\naccept = 1\nconnect = 2\n"));
+        let w = warnings.iter().find(|w| w.contains("`debug = ")).unwrap();
+        assert!(w.starts_with("note: "), "{w}");
+        assert!(
+            w.contains(&format!(
+                "run dctunnel with DCTUNNEL_LOG={level} for the same level"
+            )),
+            "{w}"
+        );
+    }
+    let (_, _, warnings) = translate("debug = loud\n[r]\naccept = 1\nconnect = 2\n");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("problem: t.conf:1: `debug = loud`: unknown level")),
+        "{warnings:?}"
+    );
+
+    let (_, _, warnings) =
+        translate("[redis]\nclient = yes\naccept = 6379\nconnect = off2.example.org:6379\n");
+    let w = warnings
+        .iter()
+        .find(|w| w.contains("listens on every address"))
+        .unwrap();
+    assert!(
+        w.contains("listen = \"10.1.0.113:6379\"") && w.contains("\"127.0.0.1:6379\""),
+        "{w}"
+    );
+    assert!(!w.contains("27017"), "{w}");
+}
+
 #[test]
 fn process_options_point_to_the_systemd_unit() {
     let out = import(&Mirror::new(), "off2-psk.conf");
@@ -726,6 +1077,7 @@ fn problems_of_the_stunnel_file_are_reported_not_copied() {
         "problems.conf:30 [postgres]: `accept = 5432 ; PostgreSQL`: the port `5432 ; PostgreSQL` is not a number from 1 to 65535 (stunnel has no comments after a value)",
         "problems.conf:42 [smtp-starttls]: `foreground = no`: a global option inside a section",
         "problems.conf:45 [smtp-starttls]: `checkHosts = off1.openfoodfacts.org`: unknown option",
+        "problems.conf:38 [smtp-starttls]: allow_peers left out: stunnel let in only the client addresses /etc/hosts.allow and /etc/hosts.deny allowed for `smtp-starttls` (libwrap = yes)",
     ];
     for e in expect {
         assert!(
@@ -776,6 +1128,36 @@ fn an_inetd_mode_file_translates_to_no_service() {
     assert!(out.services().is_empty());
     assert!(out.stderr.contains("problem: no [section]"));
     assert!(out.toml.contains("No service could be translated"));
+    // import() checked that it exits non-zero; the last line says why.
+    assert!(
+        out.stderr
+            .trim_end()
+            .ends_with("inetd.conf: see the problems above")
+            && out
+                .stderr
+                .contains("dctunnel: no service could be translated from "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_file_whose_every_section_is_disabled_fails_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exec.conf");
+    fs::write(
+        &path,
+        "[backup]\naccept = 127.0.0.1:873\nexec = /usr/bin/rsync\nexecArgs = rsync --server\n",
+    )
+    .unwrap();
+    let out = run(&["import-stunnel".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("# NOT ENABLED: it starts a program (exec)"),
+        "{stdout}"
+    );
+    assert!(toml::from_str::<toml::Table>(&stdout).is_ok());
 }
 
 #[test]

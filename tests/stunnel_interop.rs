@@ -208,6 +208,52 @@ async fn dctunnel_server_refuses_stunnel_clients_it_does_not_allow() {
     );
 }
 
+/// Halfway through a migration, a client host already on dctunnel meets a
+/// server host whose stunnel section is still the pre-shared-key one
+/// (`ciphers = PSK`, `PSKsecrets`, no certificate, as off2's today): the
+/// handshake fails on both sides with no word about keys or certificates,
+/// only a TLS handshake failure. The log lines each side prints are the ones
+/// docs/migrating-from-stunnel.md quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dctunnel_client_fails_against_an_unchanged_psk_stunnel_server() {
+    let pki = Pki::new("CA");
+    let client = pki.issue(CLIENT);
+    let (backend, reached) = counting_echo_backend().await;
+    let port = free_port();
+    let psk = tempfile::tempdir().unwrap();
+    let secrets = psk.path().join("mongodb-psk.txt");
+    write_private(
+        &secrets,
+        "ovh-proxy-mongodb:9bd1a2f0c4e84d3b8a7f6e5d4c3b2a19\n",
+    );
+    let stunnel = Stunnel::start(&format!(
+        "[OffMongodb]\nclient = no\naccept = 127.0.0.1:{port}\nconnect = {backend}\n\
+         ciphers = PSK\nPSKsecrets = {}\n",
+        secrets.display()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let mut dc = start_dctunnel(
+        &dir,
+        &dctunnel_client("mongodb", port, SERVER, &pki.ca_pem, &client, ""),
+    );
+    let entrance = dc.listening("mongodb");
+
+    assert_eq!(refused(entrance).await, b"");
+    let f = dc.wait_for("connection refused");
+    assert_eq!(f["reason"], "handshake_failed", "{f}");
+    let said = f.to_string();
+    assert!(
+        said.contains("TLS handshake with the remote failed")
+            && said.contains("received fatal alert: HandshakeFailure"),
+        "{f}"
+    );
+    stunnel.wait_for("Peer certificate not required");
+    stunnel.wait_for("SSL_accept: ");
+    stunnel.wait_for("no suitable signature algorithm");
+    stunnel.wait_for("Connection reset/closed: 0 byte(s) sent to TLS, 0 byte(s) sent to socket");
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "the backend was reached");
+}
+
 /// A stunnel server with `verifyChain = yes` and `CAfile` refuses a dctunnel
 /// client whose certificate carries the right name but comes from another
 /// CA.

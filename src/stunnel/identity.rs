@@ -6,8 +6,22 @@
 use super::address::Address;
 use super::options;
 use super::parse::{Section, Setting};
-use super::render::{Entry, Value};
+use super::render::{self, Entry, Value};
 use super::translate::{Common, Severity, Translator, View};
+
+/// A check on who may connect that a server section made and dctunnel
+/// cannot.
+#[derive(Debug, Clone)]
+pub(super) enum Lost {
+    /// Pre-shared keys: the secrets file, and its identities or why they
+    /// are not known (`None` when the section names no file).
+    Psk {
+        file: Option<String>,
+        identities: Option<Result<Vec<String>, String>>,
+    },
+    /// Anything else, said in a phrase.
+    Other(String),
+}
 
 /// What the user must verify a peer with.
 #[derive(Debug, Clone, Copy, Default)]
@@ -149,6 +163,10 @@ impl Translator<'_> {
         line
     }
 
+    /// A server section's client checks: `allow_peers` from `checkHost`, or
+    /// the comments and warnings that make `dctunnel check` refuse the
+    /// service until the user lists its clients. A server section must never
+    /// come out letting in more clients than stunnel did.
     pub(super) fn server_identity(
         &mut self,
         view: View<'_>,
@@ -179,7 +197,10 @@ impl Translator<'_> {
         if verify.peer {
             trailing.push(self.verify_peer(view, section, "client"));
         }
-        if !peers.is_empty() {
+        let lost = self.lost_client_checks(view, psk);
+        if !lost.is_empty() {
+            trailing.push(self.peers_left_out(section, &lost, &peers));
+        } else if !peers.is_empty() {
             entries.push(Entry::new("allow_peers", Value::List(peers)));
         } else if verify.peer {
             trailing.push(
@@ -193,14 +214,12 @@ impl Translator<'_> {
                 ips.join(", ")
             ));
         } else {
-            if !psk {
-                self.warn_section(
-                    Severity::Note,
-                    section,
-                    "no checkHost: any client certificate signed by the CA is accepted",
-                    "list the client host names in allow_peers",
-                );
-            }
+            self.warn_section(
+                Severity::Note,
+                section,
+                "no checkHost: any client certificate signed by the CA is accepted",
+                "list the client host names in allow_peers",
+            );
             entries.push(Entry::new("allow_peers", Value::List(vec!["*".into()])).commented(
                 "stunnel did not check the client's name (no checkHost): any certificate signed by ca\n\
                  is accepted. Listing the client host names is better, e.g. [\"ovh1.example.org\"].",
@@ -215,6 +234,136 @@ impl Translator<'_> {
             );
         }
         (entries, trailing)
+    }
+
+    /// The checks of a server section on who may connect that dctunnel
+    /// cannot make: pre-shared keys (a key per service was the access rule),
+    /// hosts.allow (libwrap), IDENT and e-mail addresses.
+    fn lost_client_checks(&mut self, view: View<'_>, psk: bool) -> Vec<Lost> {
+        let mut lost = Vec::new();
+        if psk {
+            let file = view.last("PSKsecrets").map(|s| s.value.clone());
+            let identities = file.as_deref().map(|f| self.psk_identities(f));
+            lost.push(Lost::Psk { file, identities });
+        }
+        if let Some(s) = view.last("libwrap") {
+            if s.value.eq_ignore_ascii_case("yes") {
+                let name = view
+                    .last("service")
+                    .map_or_else(|| view.section_name(), |s| s.value.clone());
+                lost.push(Lost::Other(format!(
+                    "the client addresses /etc/hosts.allow and /etc/hosts.deny allowed for `{name}` \
+                     (libwrap = yes): write them in allow_sources"
+                )));
+            }
+        }
+        if let Some(s) = view.last("ident") {
+            lost.push(Lost::Other(format!(
+                "the clients whose IDENT server answered `{}` (ident)",
+                s.value
+            )));
+        }
+        let emails: Vec<&str> = view
+            .all("checkEmail")
+            .into_iter()
+            .map(|s| s.value.as_str())
+            .collect();
+        if !emails.is_empty() {
+            lost.push(Lost::Other(format!(
+                "the client certificates carrying the e-mail address {} (checkEmail)",
+                emails.join(" or ")
+            )));
+        }
+        lost
+    }
+
+    /// The identities of a PSKsecrets file, or why they are not known; read
+    /// once per file.
+    fn psk_identities(&mut self, file: &str) -> Result<Vec<String>, String> {
+        if let Some(known) = self.identities.get(file) {
+            return known.clone();
+        }
+        let read = self.secrets.identities(file).map_err(|e| e.to_string());
+        self.identities.insert(file.to_owned(), read.clone());
+        read
+    }
+
+    /// The comment written instead of allow_peers when stunnel's checks on
+    /// who may connect do not carry over, and the warning saying so: the
+    /// service stays refused by `dctunnel check` until a person lists the
+    /// certificate names of its clients.
+    fn peers_left_out(
+        &mut self,
+        section: &Section,
+        lost: &[Lost],
+        check_host: &[String],
+    ) -> String {
+        let mut lines = vec![
+            "allow_peers is left out on purpose, so that dctunnel check refuses this service until"
+                .to_owned(),
+            "you list the certificate names of the hosts that may connect. stunnel let in only:"
+                .to_owned(),
+        ];
+        let mut shown = Vec::new();
+        let mut suggested: Option<Vec<String>> =
+            (!check_host.is_empty()).then(|| check_host.to_vec());
+        for l in lost {
+            match l {
+                Lost::Psk { file, identities } => {
+                    let what = "the holders of this service's pre-shared keys (a key per service)";
+                    lines.push(format!("- {what}."));
+                    match (file, identities) {
+                        (Some(file), Some(Ok(ids))) => {
+                            lines.extend([
+                                format!("  The identities in {file} (its keys are not read),"),
+                                "  one per client host holding this service's key, are below. Issue each of".into(),
+                                "  those hosts a certificate (`dctunnel certs issue --name HOST`) and write".into(),
+                                "  the names in those certificates, which may differ from the identities:".into(),
+                            ]);
+                            shown.push(format!(
+                                "{what}: the identities in {file} are {}",
+                                ids.join(", ")
+                            ));
+                            suggested.get_or_insert_with(|| ids.clone());
+                        }
+                        (Some(file), Some(Err(e))) => {
+                            lines.extend([
+                                format!("  Its identities, one per client host, are in {file},"),
+                                format!("  not read here ({e})."),
+                                "  Run import-stunnel where that file can be read, or list the hosts yourself:"
+                                    .into(),
+                            ]);
+                            shown.push(format!("{what}: the identities in {file} ({e})"));
+                        }
+                        _ => shown.push(what.to_owned()),
+                    }
+                }
+                Lost::Other(what) => {
+                    lines.push(format!("- {what}."));
+                    shown.push(what.clone());
+                }
+            }
+        }
+        let list = match suggested {
+            Some(names) => names
+                .iter()
+                .map(|n| render::quote(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "\"HOST\", ...".to_owned(),
+        };
+        lines.push(format!("allow_peers = [{list}]"));
+        self.warn_section(
+            Severity::Problem,
+            section,
+            format!(
+                "allow_peers left out: stunnel let in only {}",
+                shown.join("; and ")
+            ),
+            "issue the client hosts certificates and list their names in allow_peers; \
+             dctunnel check refuses this service until then",
+        );
+        lines.join("\n")
     }
 
     pub(super) fn client_identity(

@@ -7,6 +7,8 @@
 //! - [`translate`] maps each section to a `[[service]]` and every option it
 //!   cannot carry to a [`Warning`]; `identity` is its part about how the
 //!   peer is checked;
+//! - `secrets` reads the identities (never the keys) of `PSKsecrets` files,
+//!   through a [`PskSecrets`];
 //! - [`main`] does the I/O for the command line.
 
 mod address;
@@ -14,6 +16,7 @@ mod identity;
 mod options;
 mod parse;
 mod render;
+mod secrets;
 mod translate;
 
 use std::io::Write;
@@ -24,7 +27,8 @@ pub use parse::{
     parse, DirIncludes, Include, IncludeResolver, NoIncludes, Origin, ParseError, Section, Setting,
     SourceFile, StunnelConfig, MAX_INCLUDED_FILES, MAX_INCLUDE_DEPTH,
 };
-pub use translate::{translate, Severity, Translation, Warning};
+pub use secrets::{identities, FileSecrets, NoSecrets, PskSecrets, SecretsError, MAX_SECRETS_SIZE};
+pub use translate::{translate, translate_with, Severity, Translation, Warning};
 
 /// Arguments of `dctunnel import-stunnel`.
 #[derive(clap::Args, Debug)]
@@ -37,12 +41,17 @@ pub struct ImportArgs {
 }
 
 /// Runs `dctunnel import-stunnel`: the TOML goes to standard output (or
-/// `--output`), warnings to standard error. Fails only when the stunnel file
-/// cannot be read or parsed, or the output cannot be written; warnings do not
-/// change the exit status.
+/// `--output`), warnings to standard error. Fails (exit status 1) when the
+/// stunnel file cannot be read or parsed, when the output cannot be written,
+/// and when no service could be translated (the output, all comments, is
+/// still written: it says why); other warnings do not change the exit
+/// status.
 pub fn main(args: ImportArgs) -> ExitCode {
+    let base = args.file.parent().unwrap_or(Path::new("")).to_owned();
     let translation = match load(&args.file) {
-        Ok(config) => translate(&config),
+        // A secrets file is read relative to the stunnel file, as includes
+        // are; one that cannot be read is said in the output, not fatal.
+        Ok(config) => translate_with(&config, &mut FileSecrets::new(base)),
         Err(e) => {
             eprintln!("dctunnel: {e}");
             return ExitCode::FAILURE;
@@ -61,6 +70,13 @@ pub fn main(args: ImportArgs) -> ExitCode {
     };
     if let Err(e) = written {
         eprintln!("dctunnel: {e}");
+        return ExitCode::FAILURE;
+    }
+    if translation.services == 0 {
+        eprintln!(
+            "dctunnel: no service could be translated from {}: see the problems above",
+            args.file.display()
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

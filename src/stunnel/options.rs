@@ -14,7 +14,7 @@ pub(crate) enum Treatment {
     Dropped {
         severity: Severity,
         message: String,
-        advice: &'static str,
+        advice: String,
     },
 }
 
@@ -88,10 +88,10 @@ pub(crate) fn treatment(name: &str, value: &str, in_section: bool) -> Treatment 
     let shown = show(name, value);
     let lower = name.to_ascii_lowercase();
     let yes = value.eq_ignore_ascii_case("yes");
-    let dropped = |severity, what: &str, advice| Treatment::Dropped {
+    let dropped = |severity, what: &str, advice: &str| Treatment::Dropped {
         severity,
         message: format!("`{shown}`: {what}"),
-        advice,
+        advice: advice.to_owned(),
     };
     use Severity::{Note, Unsupported};
     match lower.as_str() {
@@ -109,7 +109,8 @@ pub(crate) fn treatment(name: &str, value: &str, in_section: bool) -> Treatment 
         ),
         "setuid" | "setgid" | "chroot" => dropped(Unsupported, "not carried over", SYSTEMD),
         "pid" | "foreground" => dropped(Note, "not needed", SYSTEMD),
-        "debug" | "output" | "syslog" | "log" | "logid" | "service" => {
+        "debug" => debug(&shown, value),
+        "output" | "syslog" | "log" | "logid" | "service" => {
             dropped(Note, "logging is set differently", LOGGING)
         }
         "engine" | "enginectrl" | "enginedefault" | "engineid" | "enginenum" | "caengine" => {
@@ -144,7 +145,9 @@ pub(crate) fn treatment(name: &str, value: &str, in_section: bool) -> Treatment 
             "e-mail addresses in certificates are not checked",
             "check host names instead: allow_peers in server mode, server_name in client mode",
         ),
-        "exec" | "execargs" | "pty" | "retry" => {
+        // Only used with exec: the section reports it (see translate).
+        "retry" => Treatment::Translated,
+        "exec" | "execargs" | "pty" => {
             dropped(Unsupported, "starting a program per connection is not supported", EXEC)
         }
         "ident" => dropped(Unsupported, "IDENT checks are not supported", SOURCES),
@@ -206,8 +209,41 @@ pub(crate) fn treatment(name: &str, value: &str, in_section: bool) -> Treatment 
         _ => Treatment::Dropped {
             severity: Severity::Problem,
             message: format!("`{shown}`: unknown option (stunnel refuses this file)"),
-            advice: "correct its spelling or remove it",
+            advice: "correct its spelling or remove it".into(),
         },
+    }
+}
+
+/// syslog's level names, by number (stunnel's `debug` takes either).
+const LEVELS: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
+/// `debug = [FACILITY.]LEVEL`: the same level is chosen in dctunnel with the
+/// DCTUNNEL_LOG environment variable, which takes syslog's names and numbers.
+fn debug(shown: &str, value: &str) -> Treatment {
+    let level = value.rsplit_once('.').map_or(value, |(_, level)| level);
+    let lower = level.to_ascii_lowercase();
+    let known = LEVELS.contains(&lower.as_str())
+        || matches!(
+            lower.as_str(),
+            "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7"
+        );
+    if !known {
+        return Treatment::Dropped {
+            severity: Severity::Problem,
+            message: format!("`{shown}`: unknown level (stunnel refuses this file)"),
+            advice: "use a syslog level: emerg, alert, crit, err, warning, notice, info, debug or 0 to 7".into(),
+        };
+    }
+    Treatment::Dropped {
+        severity: Severity::Note,
+        message: format!("`{shown}`: the log level is set differently"),
+        advice: format!(
+            "run dctunnel with DCTUNNEL_LOG={lower} for the same level (in its systemd unit: \
+             `systemctl edit dctunnel@NAME`, then [Service] Environment=DCTUNNEL_LOG={lower}); \
+             logs go to standard error, which systemd sends to the journal"
+        ),
     }
 }
 
@@ -222,7 +258,7 @@ fn protocol(shown: &str, value: &str) -> Treatment {
     Treatment::Dropped {
         severity: Severity::Unsupported,
         message: format!("`{shown}`: protocol negotiation is not supported (dctunnel speaks TLS from the first byte)"),
-        advice,
+        advice: advice.into(),
     }
 }
 

@@ -18,6 +18,7 @@ use super::address::{self, Address, Host, Reach};
 use super::options::{self, Treatment};
 use super::parse::{Origin, Section, Setting, StunnelConfig};
 use super::render::{self, Entry, Table, Value};
+use super::secrets::{NoSecrets, PskSecrets};
 
 /// The translated configuration and what did not carry over.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Translation {
     pub toml: String,
     /// Everything that did not carry over, problems first.
     pub warnings: Vec<Warning>,
+    /// How many services are written enabled (not commented out).
+    pub services: usize,
 }
 
 /// How much a warning asks of the user.
@@ -82,11 +85,22 @@ impl fmt::Display for Warning {
     }
 }
 
-/// Translates a parsed stunnel configuration. Never fails: whatever cannot be
-/// translated is reported in the warnings and commented in the output.
+/// Translates a parsed stunnel configuration without reading any other file:
+/// the identities of pre-shared-key files are not offered. Never fails:
+/// whatever cannot be translated is reported in the warnings and commented
+/// in the output.
 pub fn translate(config: &StunnelConfig) -> Translation {
+    translate_with(config, &mut NoSecrets)
+}
+
+/// [`translate`], reading the identities (never the keys) of the
+/// `PSKsecrets` files through `secrets`, to offer them as the client names
+/// of each pre-shared-key server section.
+pub fn translate_with(config: &StunnelConfig, secrets: &mut dyn PskSecrets) -> Translation {
     let mut t = Translator {
         config,
+        secrets,
+        identities: HashMap::new(),
         warnings: Vec::new(),
         seen: HashSet::new(),
         names: HashSet::new(),
@@ -122,9 +136,17 @@ pub fn translate(config: &StunnelConfig) -> Translation {
     }
     t.refuse_shared_listens(&mut planned);
     let toml = t.render(&defaults, &planned);
+    let services = planned
+        .iter()
+        .filter(|p| p.table.disabled.is_none())
+        .count();
     let mut warnings = t.warnings;
     warnings.sort_by_key(|w| w.severity);
-    Translation { toml, warnings }
+    Translation {
+        toml,
+        warnings,
+        services,
+    }
 }
 
 /// A section's settings as stunnel sees them: its own, then those inherited
@@ -166,6 +188,11 @@ impl<'a> View<'a> {
         } else {
             own
         }
+    }
+
+    /// The name of the section seen, empty for the options before the first.
+    pub(super) fn section_name(&self) -> String {
+        self.section.unwrap_or_default().to_owned()
     }
 
     /// The section a setting belongs to, `None` if it is inherited (so that a
@@ -244,6 +271,11 @@ struct Planned {
 
 pub(super) struct Translator<'a> {
     config: &'a StunnelConfig,
+    /// Reads the identities of PSKsecrets files.
+    pub(super) secrets: &'a mut dyn PskSecrets,
+    /// The identities of each PSKsecrets file read so far, or why they are
+    /// not known: a file shared by several sections is read once.
+    pub(super) identities: HashMap<String, Result<Vec<String>, String>>,
     warnings: Vec<Warning>,
     seen: HashSet<Warning>,
     /// dctunnel service names given so far.
@@ -254,10 +286,16 @@ pub(super) struct Translator<'a> {
     muted: bool,
 }
 
-const CLIENT_LISTEN_ADVICE: &str =
-    "listen on the private address its clients use (e.g. listen = \"10.1.0.113:27017\", \
-     or 127.0.0.1 for clients on this host); only if it must be reachable from every network, set \
-     allow_public_listen = true and allow_sources. Until then dctunnel check refuses this service";
+/// What to do about a client-mode entrance on every or a public address that
+/// listened on `port`: the addresses suggested keep that port.
+fn client_listen_advice(port: u16) -> String {
+    format!(
+        "listen on the private address its clients use (e.g. listen = \"10.1.0.113:{port}\", \
+         or \"127.0.0.1:{port}\" for clients on this host); only if it must be reachable from every \
+         network, set allow_public_listen = true and allow_sources. Until then dctunnel check refuses \
+         this service"
+    )
+}
 
 impl<'a> Translator<'a> {
     pub(super) fn warn(
@@ -648,6 +686,7 @@ impl<'a> Translator<'a> {
             }
         }
 
+        self.retry(view);
         let connects = self.addresses(view, "connect");
         let accepts = self.addresses(view, "accept");
         match &connects {
@@ -701,10 +740,14 @@ impl<'a> Translator<'a> {
         )];
         let mut trailing = Vec::new();
         if psk {
-            comments.push(
+            comments.push(if client {
                 "It used pre-shared keys: set ca, cert and key (see the warnings at the top)."
-                    .into(),
-            );
+                    .into()
+            } else {
+                "It used pre-shared keys: set ca, cert and key (see the warnings at the top),\n\
+                 and allow_peers (see below)."
+                    .into()
+            });
             trailing.push("to set before use: ca, cert, key (see the warnings at the top)".into());
         } else if disabled.is_none() {
             self.require_files(section, &common, client, &mut trailing);
@@ -789,6 +832,23 @@ impl<'a> Translator<'a> {
         planned
     }
 
+    /// `retry` restarts the program of an exec section; without exec stunnel
+    /// ignores it, and with exec the section is disabled for the exec.
+    fn retry(&mut self, view: View<'_>) {
+        let Some(setting) = view.last("retry") else {
+            return;
+        };
+        if self.yes_no(view, setting) == Some(true) && view.last("exec").is_none() {
+            self.warn_at(
+                Severity::Note,
+                view,
+                setting,
+                "`retry = yes`: only used with exec (it starts the program again), so stunnel ignored it here",
+                "nothing to do",
+            );
+        }
+    }
+
     /// The `listen` entry for one `accept` address.
     fn listen(
         &mut self,
@@ -845,7 +905,7 @@ impl<'a> Translator<'a> {
                     view,
                     setting,
                     format!("{what} in a client-mode section: anyone who reaches this host can use the tunnel"),
-                    CLIENT_LISTEN_ADVICE,
+                    client_listen_advice(addr.port),
                 );
                 entry = entry.commented(format!(
                     "CHOOSE AN ADDRESS. stunnel's {what},\n\
@@ -864,7 +924,7 @@ impl<'a> Translator<'a> {
                     view,
                     setting,
                     format!("`{shown}`: a client-mode section listens on a public address: anyone who reaches it can use the tunnel"),
-                    CLIENT_LISTEN_ADVICE,
+                    client_listen_advice(addr.port),
                 );
                 entry = entry.commented(
                     "CHOOSE AN ADDRESS: a client-mode (plaintext) entrance on a public address:\n\
