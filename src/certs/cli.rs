@@ -14,6 +14,7 @@ use super::ca::{
     CaOptions, HostOptions, KeyType, Reason, RevokeTarget, Shown, Written,
 };
 use super::{CertsError, CA_CERT_FILE, DEFAULT_CA_DAYS, DEFAULT_CA_NAME, DEFAULT_HOST_DAYS};
+use crate::config::quote;
 use crate::x509::{human_time, rfc3339};
 
 /// Certificate, key and revocation commands.
@@ -204,9 +205,9 @@ fn run_issue(args: IssueArgs) -> Result<(), CertsError> {
         "Configuration lines for {} (paths on this machine: adjust them if you copy the files):",
         opts.name
     );
-    crate::outln!("ca = {}", quoted(&display_path(&ca_cert)));
-    crate::outln!("cert = {}", quoted(&display_path(&w.cert_path)));
-    crate::outln!("key = {}", quoted(&display_path(&w.key_path)));
+    crate::outln!("ca = {}", quote(&display_path(&ca_cert)));
+    crate::outln!("cert = {}", quote(&display_path(&w.cert_path)));
+    crate::outln!("key = {}", quote(&display_path(&w.key_path)));
     Ok(())
 }
 
@@ -216,10 +217,10 @@ fn run_keygen(args: KeygenArgs) -> Result<(), CertsError> {
     print_written(&w, "self-signed certificate")?;
     crate::outln!();
     crate::outln!("On {} itself:", opts.name);
-    crate::outln!("cert = {}", quoted(&display_path(&w.cert_path)));
-    crate::outln!("key = {}", quoted(&display_path(&w.key_path)));
+    crate::outln!("cert = {}", quote(&display_path(&w.cert_path)));
+    crate::outln!("key = {}", quote(&display_path(&w.key_path)));
     crate::outln!("On its peers, to accept it:");
-    crate::outln!("peer_pins = [{}]", quoted(&w.pin));
+    crate::outln!("peer_pins = [{}]", quote(&w.pin));
     Ok(())
 }
 
@@ -481,36 +482,4 @@ fn show_json(all: &[(PathBuf, Vec<Shown>)], now: OffsetDateTime) -> String {
     let mut json = serde_json::to_string_pretty(&items).unwrap_or_default();
     json.push('\n');
     json
-}
-
-/// A TOML basic string (for the configuration lines `issue` and `keygen`
-/// print), which is also a JSON string literal.
-fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoted_escapes_json_specials() {
-        assert_eq!(quoted("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-    }
 }

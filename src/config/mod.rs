@@ -15,6 +15,7 @@
 
 mod load;
 mod problem;
+mod quote;
 mod raw;
 mod summary;
 mod values;
@@ -32,6 +33,7 @@ use crate::tls::{PeerPolicy, TlsFiles};
 
 pub use load::{load, parse};
 pub use problem::{ConfigError, Location, Problem};
+pub use quote::quote;
 pub use summary::{describe, PeerCheck, Peers, Sources, Summary, Targets};
 pub use values::{is_public_or_wildcard, parse_duration};
 

@@ -72,26 +72,7 @@ pub(crate) fn comment(out: &mut String, prefix: &str, text: &str) {
     }
 }
 
-/// A TOML basic string holding `s`.
-pub(crate) fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub(crate) use crate::config::quote;
 
 fn value(v: &Value) -> String {
     match v {
@@ -137,22 +118,6 @@ pub(crate) fn service(out: &mut String, table: &Table) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn quoted_strings_survive_a_toml_parser() {
-        for s in [
-            "plain",
-            "a\"b",
-            "back\\slash",
-            "tab\there",
-            "nul\0",
-            "del\x7f",
-            "é✓",
-        ] {
-            let doc = format!("k = {}", quote(s));
-            let parsed: toml::Table = toml::from_str(&doc).unwrap();
-            assert_eq!(parsed["k"].as_str(), Some(s), "{doc}");
-        }
-    }
 
     #[test]
     fn comments_never_break_the_document() {
