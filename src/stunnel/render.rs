@@ -118,7 +118,6 @@ pub(crate) fn service(out: &mut String, table: &Table) {
 mod tests {
     use super::*;
 
-
     #[test]
     fn comments_never_break_the_document() {
         let mut out = String::new();
