@@ -33,8 +33,8 @@ fn writes_section_8_pages_for_every_visible_command_and_completions_without_the_
         }
     }
     assert_eq!(
-        pointed, 5,
-        "run, check, certs, import-stunnel, status:\n{page}"
+        pointed, 6,
+        "run, reload, check, certs, import-stunnel, status:\n{page}"
     );
     assert!(out.join("dctunnel-certs-issue.8").is_file());
 
