@@ -239,18 +239,23 @@ async fn redis_through_the_tunnel() {
                 ])
                 .arg("--dir")
                 .arg(dir.path())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .spawn()
                 .expect("redis-server is not installed (./test.sh installs it)"),
         );
-        let bound = eventually_ok("redis-server answering or gone", || {
-            std::future::ready(match redis.0.try_wait().unwrap() {
-                Some(_) => Ok(false),
-                None if cli(port, &["PING"], None) == "PONG" => Ok(true),
-                None => Err("no PONG yet"),
-            })
+        // It says when it listens, and exits at once if the port was
+        // taken. (Asking with redis-cli could reach whatever took it.)
+        let stdout = redis.0.stdout.take().unwrap();
+        let bound = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let bound = lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections")));
+            // Keep reading, so that its log never fills the pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            bound
         })
-        .await;
+        .await
+        .unwrap();
         if bound {
             break (redis, port);
         }
