@@ -125,21 +125,16 @@ fn rejections(s: &Scrape) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
-/// Scrapes until `cond` holds (10 s at most).
+/// Scrapes until `cond` holds (see [`eventually_ok`]).
 async fn scrape_until(addr: SocketAddr, what: &str, cond: impl Fn(&Scrape) -> bool) -> Scrape {
-    let mut last = None;
-    for _ in 0..500 {
+    eventually_ok(what, || async {
         let s = scrape(addr).await;
-        if cond(&s) {
-            return s;
+        match cond(&s) {
+            true => Ok(s),
+            false => Err(s.samples),
         }
-        last = Some(s);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "timed out waiting for: {what}; last scrape: {:#?}",
-        last.map(|s| s.samples)
-    );
+    })
+    .await
 }
 
 async fn tls_to(port: SocketAddr, ca: &std::path::Path, me: &HostCert) -> TlsStream<TcpStream> {
@@ -568,26 +563,25 @@ async fn connections_lists_exactly_the_open_ones() {
     // Closed connections are forgotten.
     drop(a);
     let a_source = mine[0];
-    let mut left = Vec::new();
-    for _ in 0..500 {
-        left = connections(addr, "").await;
-        if left.len() == 3 {
-            break;
+    let left = eventually_ok("3 connections left", || async {
+        let left = connections(addr, "").await;
+        match left.len() {
+            3 => Ok(left),
+            _ => Err(left),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(left.len(), 3, "{left:#?}");
+    })
+    .await;
     assert!(left.iter().all(|c| c.source != a_source));
     drop(b);
     drop(d);
-    for _ in 0..500 {
-        left = connections(addr, "").await;
-        if left.is_empty() {
-            break;
+    eventually_ok("no connection left", || async {
+        let left = connections(addr, "").await;
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(left),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(left.is_empty(), "{left:#?}");
+    })
+    .await;
     t.daemon.shutdown().await;
 }
 
@@ -656,7 +650,6 @@ async fn status_command_shows_a_running_daemon() {
     let client = pki.issue(CLIENT);
     let robotoff = pki.issue("robotoff.test");
     let backend = echo_backend().await;
-    let admin_addr = dead_address().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dctunnel.toml");
     std::fs::write(
@@ -664,7 +657,7 @@ async fn status_command_shows_a_running_daemon() {
         format!(
             r#"
 [admin]
-listen = "{admin_addr}"
+listen = "127.0.0.1:0"
 
 [[service]]
 name = "mongodb"
@@ -683,37 +676,30 @@ max_connections = 300
         ),
     )
     .unwrap();
-    let log = dir.path().join("daemon.log");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_dctunnel"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+    let mut daemon = Proc::start(&config, "");
+    let admin_addr: SocketAddr = daemon.wait_for("admin endpoint listening")["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
         .unwrap();
-    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // `status` finds the endpoint through the file: now that the daemon has
+    // its port, the file names it, as an operator's file names a fixed one.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("127.0.0.1:0", &admin_addr.to_string(), 1),
+    )
+    .unwrap();
 
     // Ready when /readyz says so.
-    let mut ready = false;
-    for _ in 0..500 {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            panic!("daemon exited ({status}):\n{}", show_log());
+    eventually_ok("/readyz answers 200", || async {
+        let a = get(admin_addr, "/readyz").await;
+        match a.code {
+            200 => Ok(()),
+            _ => Err(a.body),
         }
-        if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(admin_addr)).await
-        {
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let (answer, _) = read_to_end(&mut s).await;
-            if answer.starts_with(b"HTTP/1.1 200") {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "daemon not ready:\n{}", show_log());
+    })
+    .await;
     let status = get(admin_addr, "/status").await;
     let status: dctunnel::admin::Status = serde_json::from_str(&status.body).unwrap();
     let port = status.services[0].listen;
@@ -747,23 +733,22 @@ max_connections = 300
         }
     };
     // The refusal is counted once the daemon has seen it.
-    let mut table = String::new();
-    let (mut asked_before, mut asked_after) = (0, 0);
-    for _ in 0..500 {
-        asked_before = now();
+    let (table, asked_before, asked_after) = eventually_ok("status shows the refusal", || async {
+        let asked_before = now();
         let out = status(&[]).await;
-        asked_after = now();
+        let asked_after = now();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        table = String::from_utf8(out.stdout).unwrap();
-        if table.contains("handshake_failed=1") {
-            break;
+        let table = String::from_utf8(out.stdout).unwrap();
+        match table.contains("handshake_failed=1") {
+            true => Ok((table, asked_before, asked_after)),
+            false => Err(table),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let rows = columns(&table, "SERVICE");
     assert_eq!(rows.len(), 1, "{table}");
     let row = &rows[0];
@@ -829,8 +814,8 @@ max_connections = 300
     }
 
     // Once the daemon is gone, status says so.
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
     let out = status(&[]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

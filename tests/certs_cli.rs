@@ -1,6 +1,7 @@
 //! `dctunnel certs` as a user runs it: the real binary in temporary
 //! directories, its output checked with rustls's verifiers and x509-parser.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -611,6 +612,29 @@ fn revoke_refuses_a_certificate_of_another_ca() {
     assert!(!ca.join("ca.crl").exists());
 }
 
+/// Validity periods certs-example/regenerate.sh gives (`host_days`,
+/// `ca_days`).
+const HOST_DAYS: i64 = 3650;
+const CA_DAYS: i64 = 3660;
+
+/// The example certificate `name` was issued for `days` days (so it does
+/// not rot) and is valid today.
+fn assert_lasts(name: &str, cert: &[u8], days: i64) {
+    let info = dctunnel::certs::cert_info(cert).unwrap();
+    let period = (info.not_after - info.not_before).whole_days();
+    assert!(
+        period >= days,
+        "{name} was issued for {period} days, regenerate.sh gives {days}"
+    );
+    let now = time::OffsetDateTime::now_utc();
+    assert!(
+        info.not_before <= now && now < info.not_after,
+        "{name} is not valid today (valid from {} to {}): run certs-example/regenerate.sh",
+        info.not_before,
+        info.not_after
+    );
+}
+
 /// The vendored example PKI (certs-example/) is what the repository's tests
 /// and example configurations rely on: check it is complete and consistent.
 #[test]
@@ -619,7 +643,10 @@ fn certs_example_is_complete_and_consistent() {
     let ca_pem = root.join("ca/ca.pem");
     let crl = CertificateRevocationListDer::from_pem_file(root.join("ca/ca.crl")).expect("ca.crl");
 
-    let expected = [
+    // Every certificate in hosts/ is checked: the table gives the names each
+    // host answers to besides its own; a file it does not know fails the
+    // test, and so does one it expects and does not find.
+    let expected = BTreeMap::from([
         (
             "server.example.dctunnel",
             &["localhost", "127.0.0.1", "::1"][..],
@@ -634,30 +661,41 @@ fn certs_example_is_complete_and_consistent() {
             "ed25519.example.dctunnel",
             &["localhost", "127.0.0.1", "::1"][..],
         ),
-    ];
-    let mut checked = 0;
-    for (name, extra) in expected {
-        let path = root.join("hosts").join(format!("{name}.pem"));
+    ]);
+    // Checked on its own below.
+    const REVOKED: &str = "revoked.example.dctunnel";
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(root.join("hosts")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension() != Some(OsStr::new("pem")) {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        if name == REVOKED {
+            continue;
+        }
+        let extra = expected
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("hosts/{name}.pem is not in this test's table"));
         assert!(
             root.join("hosts").join(format!("{name}.key")).exists(),
             "{name}.key"
         );
         let cert = cert_in(&path);
-        for n in std::iter::once(&name).chain(extra) {
+        for n in std::iter::once(name.as_str()).chain(extra.iter().copied()) {
             verify_as_server(&ca_pem, &cert, n).unwrap_or_else(|e| panic!("{name} as {n}: {e}"));
         }
         verify_as_client(&ca_pem, vec![crl.clone()], &cert)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let info = dctunnel::certs::cert_info(&cert).unwrap();
-        assert!(
-            info.days_left(time::OffsetDateTime::now_utc()) > 365,
-            "{name} expires within a year: run certs-example/regenerate.sh"
-        );
-        checked += 1;
+        assert_lasts(&name, &cert, HOST_DAYS);
+        checked.push(name);
     }
-    assert_eq!(checked, 8);
+    checked.sort();
+    assert_eq!(checked, expected.keys().copied().collect::<Vec<_>>());
+    assert_lasts("ca/ca.pem", &cert_in(&ca_pem), CA_DAYS);
 
-    let revoked = cert_in(&root.join("hosts/revoked.example.dctunnel.pem"));
+    let revoked = cert_in(&root.join("hosts").join(format!("{REVOKED}.pem")));
+    assert_lasts(REVOKED, &revoked, HOST_DAYS);
     verify_as_client(&ca_pem, Vec::new(), &revoked).expect("valid apart from the CRL");
     assert_revoked(verify_as_client(&ca_pem, vec![crl.clone()], &revoked));
 
@@ -667,6 +705,9 @@ fn certs_example_is_complete_and_consistent() {
         .expect("signed by other-ca");
     let (_, x) = X509Certificate::from_der(&impostor).unwrap();
     assert_eq!(x.subject().to_string(), "CN=client.example.dctunnel");
+    assert_lasts("other-ca/client.example.dctunnel.pem", &impostor, HOST_DAYS);
+    let other_ca = cert_in(&root.join("other-ca/ca.pem"));
+    assert_lasts("other-ca/ca.pem", &other_ca, CA_DAYS);
 
     for name in [
         "pinned-server.example.dctunnel",
@@ -675,5 +716,6 @@ fn certs_example_is_complete_and_consistent() {
         let cert = cert_in(&root.join("pinned").join(format!("{name}.pem")));
         let info = dctunnel::certs::cert_info(&cert).unwrap();
         assert!(info.self_signed && !info.is_ca, "{name}");
+        assert_lasts(name, &cert, HOST_DAYS);
     }
 }

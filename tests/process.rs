@@ -21,15 +21,14 @@ async fn sigterm_stops_accepting_drains_and_exits_zero() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls),
-    );
-    let mut p = Proc::start(&path, "");
-    let entrance = p.listening("plain");
-    p.wait_for("ready");
+    let ProcTunnel {
+        proc: mut p,
+        entrance,
+        ..
+    } = start_tunnel_proc(&dir.path().join("dctunnel.toml"), "", |tls| {
+        tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls)
+    });
 
     let mut conn = TcpStream::connect(entrance).await.unwrap();
     assert_eq!(roundtrip(&mut conn, b"before").await, b"before");
@@ -93,12 +92,16 @@ async fn sighup_reloads_the_file_and_keeps_the_old_one_when_bad() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let base = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
-    let path = write_config(&dir, &base);
-    let mut p = Proc::start(&path, "");
-    let entrance = p.listening("plain");
+    let ProcTunnel {
+        proc: mut p,
+        text: base,
+        tls,
+        entrance,
+    } = start_tunnel_proc(&dir.path().join("dctunnel.toml"), "", |tls| {
+        tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls)
+    });
+    let tls = tls.to_string();
     let mut live = TcpStream::connect(entrance).await.unwrap();
     assert_eq!(roundtrip(&mut live, b"one").await, b"one");
 
@@ -144,15 +147,14 @@ async fn survives_descriptor_exhaustion_and_recovers() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls),
-    );
-    let mut p = Proc::start(&path, "ulimit -n 48;");
-    let entrance = p.listening("plain");
-    p.wait_for("ready");
+    let ProcTunnel {
+        proc: mut p,
+        entrance,
+        ..
+    } = start_tunnel_proc(&dir.path().join("dctunnel.toml"), "ulimit -n 48;", |tls| {
+        tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls)
+    });
     // Each tunnelled connection costs four descriptors in this one process.
     let mut open = Vec::new();
     for _ in 0..40 {
@@ -178,47 +180,25 @@ async fn survives_descriptor_exhaustion_and_recovers() {
     );
     drop(open);
     // Recovery: a fresh connection goes through end to end.
-    let mut ok = false;
-    for _ in 0..100 {
-        let mut c = TcpStream::connect(entrance).await.unwrap();
+    eventually_ok("recovery after descriptors were freed", || async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        c.write_all(b"ping").await.unwrap();
+        let mut c = TcpStream::connect(entrance)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.write_all(b"ping").await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await
-        {
-            ok = &buf == b"ping";
-            break;
+        match tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await {
+            Ok(Ok(_)) if &buf == b"ping" => Ok(()),
+            other => Err(format!("{other:?}, read {buf:?}")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "no recovery after descriptors were freed");
+    })
+    .await;
     assert!(p.child.try_wait().unwrap().is_none(), "daemon died");
 }
 
 /// Debian's redis-server behind the tunnel, driven with redis-cli.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_through_the_tunnel() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let _redis = KillOnDrop(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (./test.sh installs it)"),
-    );
     let cli = |port: u16, args: &[&str], input: Option<&[u8]>| -> String {
         let mut child = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -236,15 +216,51 @@ async fn redis_through_the_tunnel() {
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    let mut up = false;
-    for _ in 0..200 {
-        if cli(port, &["PING"], None) == "PONG" {
-            up = true;
-            break;
+    // redis-server can neither listen on port 0 and say which port it got
+    // nor take a listening socket from us: it gets a port found free, and
+    // another try if something else took that port before it could bind
+    // (it then exits at once).
+    let dir = tempfile::tempdir().unwrap();
+    let mut tries = 0;
+    let (_redis, port) = loop {
+        tries += 1;
+        let port = free_port();
+        let mut redis = KillOnDrop(
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("redis-server is not installed (./test.sh installs it)"),
+        );
+        // It says when it listens, and exits at once if the port was
+        // taken. (Asking with redis-cli could reach whatever took it.)
+        let stdout = redis.0.stdout.take().unwrap();
+        let bound = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let bound = lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections")));
+            // Keep reading, so that its log never fills the pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            bound
+        })
+        .await
+        .unwrap();
+        if bound {
+            break (redis, port);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "redis-server did not start");
+        assert!(tries < 5, "redis-server exited at start {tries} times");
+    };
 
     let t = tunnel(
         format!("127.0.0.1:{port}").parse().unwrap(),
@@ -291,12 +307,23 @@ impl Drop for KillOnDrop {
 /// reload with the outcome in STATUS=, STOPPING=1 on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tells_systemd_when_ready_reloading_and_stopping() {
-    let pki = Pki::new("CA");
-    let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
+    // The client side goes through a server side run in-process (same CA
+    // and certificates), whose port is known before the file is written:
+    // this daemon's own server side listens on port 0 and its address is
+    // only read back. (Joining the two ends with a reload, as
+    // `start_tunnel_proc` does, would add to the notifications checked.)
+    let remote = tunnel(backend, TunnelOpts::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let good = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
+    let good = tunnel_config(
+        &remote.pki,
+        &remote.server_cert,
+        &remote.client_cert,
+        backend,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &remote.tls_port.to_string(),
+    );
     let path = write_config(&dir, &good);
     let socket_path = dir.path().join("notify.sock");
     let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
@@ -328,10 +355,10 @@ async fn tells_systemd_when_ready_reloading_and_stopping() {
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
     assert!(ready.contains("STATUS=running 2 service(s)"), "{ready:?}");
     // Listening before READY: the entrance answers now.
-    let entrance = p.listening("plain");
+    let [tls, entrance] = p.listening_all(["tls", "plain"]);
     stored.sort();
     let mut expected = vec![
-        tls.replace(':', "_"),
+        tls.to_string().replace(':', "_"),
         entrance.to_string().replace(':', "_"),
     ];
     expected.sort();
@@ -366,6 +393,7 @@ async fn tells_systemd_when_ready_reloading_and_stopping() {
     let stopping = next();
     assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
     assert_eq!(p.wait_exit(), Some(0));
+    remote.daemon.shutdown().await;
 }
 
 /// Runs `dctunnel reload --control PATH` and returns (exit code, stdout, stderr).
@@ -393,20 +421,21 @@ async fn reload_command_reports_the_daemons_verdict() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let good = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls);
-    let path = write_config(&dir, &good);
     let control = dir.path().join("control.sock");
-    let mut p = Proc::start(
-        &path,
+    let ProcTunnel {
+        proc: mut p,
+        text: good,
+        entrance,
+        ..
+    } = start_tunnel_proc(
+        &dir.path().join("dctunnel.toml"),
         &format!(
             "DCTUNNEL_CONTROL={}; export DCTUNNEL_CONTROL;",
             control.display()
         ),
+        |tls| tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls),
     );
-    let entrance = p.listening("plain");
-    p.wait_for("ready");
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let meta = std::fs::metadata(&control).unwrap();
     assert!(meta.file_type().is_socket());
@@ -465,23 +494,25 @@ async fn a_stuck_notify_socket_never_blocks_the_daemon() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
-    let text = tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls)
-        .replace("[daemon]\n", "[daemon]\nworker_threads = 1\n");
-    let path = write_config(&dir, &text);
     let socket_path = dir.path().join("notify.sock");
     // Bound and never read: its queue fills after a few datagrams.
     let _systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    let mut p = Proc::start(
-        &path,
+    let ProcTunnel {
+        proc: mut p,
+        entrance,
+        ..
+    } = start_tunnel_proc(
+        &dir.path().join("dctunnel.toml"),
         &format!(
             "NOTIFY_SOCKET={}; WATCHDOG_USEC=2000; export NOTIFY_SOCKET WATCHDOG_USEC;",
             socket_path.display()
         ),
+        |tls| {
+            tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls)
+                .replace("[daemon]\n", "[daemon]\nworker_threads = 1\n")
+        },
     );
-    let entrance = p.listening("plain");
-    p.wait_for("ready");
     // The watchdog pings every millisecond: the queue is full by now.
     p.wait_for("cannot notify systemd; dropped");
     for round in 0..3 {

@@ -51,16 +51,20 @@ impl Drop for Haproxy {
     }
 }
 
-/// haproxy accepting the PROXY protocol on a fresh port, forwarding HTTP
-/// with X-Forwarded-For to `backend`.
-async fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Haproxy, u16) {
-    let port = free_port();
+/// haproxy accepting the PROXY protocol, forwarding HTTP with
+/// X-Forwarded-For to `backend`. haproxy cannot listen on port 0, so it is
+/// handed a socket listening on a port picked here (as its stdin, which
+/// `fd@0` names): the port is known and taken before haproxy starts, and
+/// connections wait in the socket's queue until haproxy accepts them.
+fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Haproxy, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,
         format!(
             "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
-             frontend fe\n  bind 127.0.0.1:{port} accept-proxy\n  option forwardfor\n  default_backend be\n\
+             frontend fe\n  bind fd@0 accept-proxy\n  option forwardfor\n  default_backend be\n\
              backend be\n  server s1 {backend}\n"
         ),
     )
@@ -70,17 +74,12 @@ async fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Hapro
             .arg("-db")
             .arg("-f")
             .arg(&cfg)
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
             .stdout(Stdio::null())
             .spawn()
             .expect("haproxy is not installed (./test.sh installs it)"),
     );
-    for _ in 0..500 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (guard, port);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("haproxy did not start");
+    (guard, port)
 }
 
 /// A TLS client from 127.0.0.2 (not the tunnel's 127.0.0.1) sends an HTTP
@@ -105,7 +104,7 @@ async fn request_from_127_0_0_2(t: &Tunnel) -> String {
 
 async fn check(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (_haproxy, port) = haproxy(dir.path(), header_echo().await).await;
+    let (_haproxy, port) = haproxy(dir.path(), header_echo().await);
     let t = tunnel(
         format!("127.0.0.1:{port}").parse().unwrap(),
         TunnelOpts {
@@ -144,21 +143,31 @@ async fn haproxy_reads_the_v2_header() {
     check("v2").await;
 }
 
+/// Without `proxy_protocol`, the backend's first bytes are the client's
+/// own: no header comes before them (a v1 header would start with `P`, a
+/// v2 one with `\r`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_option_no_header_is_sent() {
-    // haproxy with accept-proxy refuses a connection that lacks the header.
-    let dir = tempfile::tempdir().unwrap();
-    let (_haproxy, port) = haproxy(dir.path(), header_echo().await).await;
-    let t = tunnel(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        TunnelOpts::default(),
-    )
-    .await;
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = tunnel(backend.local_addr().unwrap(), TunnelOpts::default()).await;
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(REQUEST).await.unwrap();
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(10), backend.accept())
         .await
+        .expect("the backend was not reached within 10 s")
         .unwrap();
-    let (body, _) = read_to_end(&mut c).await;
-    assert!(!String::from_utf8_lossy(&body).contains("200 OK"));
+    let mut got = vec![0u8; REQUEST.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+        .await
+        .expect("the request did not reach the backend within 10 s")
+        .unwrap();
+    assert_eq!(
+        got[0],
+        REQUEST[0],
+        "something came before the client's bytes: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(got, REQUEST, "{:?}", String::from_utf8_lossy(&got));
     t.daemon.shutdown().await;
 }

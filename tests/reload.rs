@@ -162,8 +162,9 @@ async fn services_are_added_removed_and_moved() {
     );
     let old_entrance = t.entrance;
 
-    // Moved: the entrance goes to another address.
-    let moved_to = format!("127.0.0.1:{}", free_port());
+    // Moved: the entrance goes to another address (port 0 on another
+    // loopback address; the port it gets is read back).
+    let moved_to = "127.0.0.2:0";
     let text = current(&t);
     let (head, tail) = text.split_at(text.find("name = \"plain\"").unwrap());
     let moved = format!(
@@ -175,15 +176,17 @@ async fn services_are_added_removed_and_moved() {
         )
     );
     let report = changes(&mut t, &moved).await;
+    let moved_to = t.daemon.local_addr("plain").unwrap();
+    assert_eq!(moved_to.ip().to_string(), "127.0.0.2");
     assert!(
-        matches!(&report[1], (n, Change::Moved { from, to }) if n == "plain" && *from == old_entrance && to.to_string() == moved_to),
+        matches!(&report[1], (n, Change::Moved { from, to }) if n == "plain" && *from == old_entrance && *to == moved_to),
         "{report:?}"
     );
     assert!(
         TcpStream::connect(old_entrance).await.is_err(),
         "old address still accepts"
     );
-    let mut c = TcpStream::connect(moved_to.as_str()).await.unwrap();
+    let mut c = TcpStream::connect(moved_to).await.unwrap();
     assert_eq!(roundtrip(&mut c, b"new address").await, b"new address");
     assert_eq!(
         roundtrip(&mut live, b"old connection drains").await,
@@ -198,7 +201,7 @@ async fn services_are_added_removed_and_moved() {
         "{report:?}"
     );
     assert!(
-        TcpStream::connect(moved_to.as_str()).await.is_err(),
+        TcpStream::connect(moved_to).await.is_err(),
         "removed service still accepts"
     );
     assert_eq!(

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -39,19 +39,18 @@ async fn dctunnel_client_to_stunnel_server_carries_data_both_ways() {
     let pki = Pki::new("CA");
     let (server, client) = (pki.issue(SERVER), pki.issue(CLIENT));
     let (backend, reached) = counting_echo_backend().await;
-    let port = free_port();
     let stunnel = Stunnel::start(&stunnel_server(
         "mongodb",
-        port,
         backend,
         &pki.ca_pem,
         &server,
         &format!("checkHost = {CLIENT}"),
     ));
+    let remote = stunnel.address("mongodb");
     let dir = tempfile::tempdir().unwrap();
     let mut dc = start_dctunnel(
         &dir,
-        &dctunnel_client("mongodb", port, SERVER, &pki.ca_pem, &client, ""),
+        &dctunnel_client("mongodb", remote, SERVER, &pki.ca_pem, &client, ""),
     );
     let entrance = dc.listening("mongodb");
 
@@ -98,12 +97,11 @@ async fn stunnel_client_to_dctunnel_server_carries_data_both_ways() {
     );
     let mongodb = dc.listening("mongodb");
     let smtp_tls = dc.listening("smtp");
-    let (entrance, smtp_entrance) = (free_port(), free_port());
     let stunnel = Stunnel::start(
-        &(stunnel_client("mongodb", entrance, mongodb, &pki.ca_pem, &client, "")
-            + &stunnel_client("smtp", smtp_entrance, smtp_tls, &pki.ca_pem, &client, "")),
+        &(stunnel_client("mongodb", mongodb, &pki.ca_pem, &client, "")
+            + &stunnel_client("smtp", smtp_tls, &pki.ca_pem, &client, "")),
     );
-    let entrance = local(entrance);
+    let (entrance, smtp_entrance) = (stunnel.address("mongodb"), stunnel.address("smtp"));
 
     let data = payload(BULK);
     let back = echo_bulk(entrance, &data, HalfClose::Early).await;
@@ -130,7 +128,7 @@ async fn stunnel_client_to_dctunnel_server_carries_data_both_ways() {
     drop(conn);
     assert_eq!(reached.load(Ordering::SeqCst), 2);
 
-    let mut mail = TcpStream::connect(local(smtp_entrance)).await.unwrap();
+    let mut mail = TcpStream::connect(smtp_entrance).await.unwrap();
     let banner = b"220 pmg.openfoodfacts.org ESMTP Postfix\r\n";
     let mut got = vec![0; banner.len()];
     tokio::time::timeout(Duration::from_secs(10), mail.read_exact(&mut got))
@@ -166,32 +164,32 @@ async fn dctunnel_server_refuses_stunnel_clients_it_does_not_allow() {
         ),
     );
     let tls = dc.listening("mongodb");
-    let ports = [free_port(), free_port(), free_port()];
     let psk = tempfile::tempdir().unwrap();
     let secrets = psk.path().join("psk.txt");
     write_private(&secrets, "ovh1:9bd1a2f0c4e84d3b8a7f6e5d4c3b2a19\n");
-    let _stunnel = Stunnel::start(
-        &(stunnel_client("allowed", ports[0], tls, &pki.ca_pem, &client, "")
-            + &stunnel_client("intruder", ports[1], tls, &pki.ca_pem, &intruder, "")
+    let stunnel = Stunnel::start(
+        &(stunnel_client("allowed", tls, &pki.ca_pem, &client, "")
+            + &stunnel_client("intruder", tls, &pki.ca_pem, &intruder, "")
             + &format!(
-                "[psk]\nclient = yes\naccept = 127.0.0.1:{}\nconnect = {tls}\n\
+                "[psk]\nclient = yes\naccept = 127.0.0.1:0\nconnect = {tls}\n\
                  ciphers = PSK\nPSKsecrets = {}\nPSKidentity = ovh1\n",
-                ports[2],
                 secrets.display()
             )),
     );
 
-    let mut conn = TcpStream::connect(local(ports[0])).await.unwrap();
+    let mut conn = TcpStream::connect(stunnel.address("allowed"))
+        .await
+        .unwrap();
     assert_eq!(roundtrip(&mut conn, b"PING\r\n").await, b"PING\r\n");
     drop(conn);
 
-    assert_eq!(refused(local(ports[1])).await, b"");
+    assert_eq!(refused(stunnel.address("intruder")).await, b"");
     let f = dc.wait_for("connection refused");
     assert_eq!(f["reason"], "peer_not_allowed", "{f}");
     let peer = dc.seen.last().unwrap()["span"]["peer"].to_string();
     assert!(peer.contains(INTRUDER), "the log names who tried: {peer}");
 
-    assert_eq!(refused(local(ports[2])).await, b"");
+    assert_eq!(refused(stunnel.address("psk")).await, b"");
     let f = dc.wait_for("connection refused");
     assert_eq!(f["reason"], "handshake_failed", "{f}");
     assert!(
@@ -219,7 +217,6 @@ async fn dctunnel_client_fails_against_an_unchanged_psk_stunnel_server() {
     let pki = Pki::new("CA");
     let client = pki.issue(CLIENT);
     let (backend, reached) = counting_echo_backend().await;
-    let port = free_port();
     let psk = tempfile::tempdir().unwrap();
     let secrets = psk.path().join("mongodb-psk.txt");
     write_private(
@@ -227,14 +224,21 @@ async fn dctunnel_client_fails_against_an_unchanged_psk_stunnel_server() {
         "ovh-proxy-mongodb:9bd1a2f0c4e84d3b8a7f6e5d4c3b2a19\n",
     );
     let stunnel = Stunnel::start(&format!(
-        "[OffMongodb]\nclient = no\naccept = 127.0.0.1:{port}\nconnect = {backend}\n\
+        "[OffMongodb]\nclient = no\naccept = 127.0.0.1:0\nconnect = {backend}\n\
          ciphers = PSK\nPSKsecrets = {}\n",
         secrets.display()
     ));
     let dir = tempfile::tempdir().unwrap();
     let mut dc = start_dctunnel(
         &dir,
-        &dctunnel_client("mongodb", port, SERVER, &pki.ca_pem, &client, ""),
+        &dctunnel_client(
+            "mongodb",
+            stunnel.address("OffMongodb"),
+            SERVER,
+            &pki.ca_pem,
+            &client,
+            "",
+        ),
     );
     let entrance = dc.listening("mongodb");
 
@@ -264,20 +268,19 @@ async fn stunnel_server_refuses_a_dctunnel_client_from_another_ca() {
     let other_pki = Pki::new("other CA");
     let impostor = other_pki.issue(CLIENT);
     let (backend, reached) = counting_echo_backend().await;
-    let port = free_port();
     let stunnel = Stunnel::start(&stunnel_server(
         "mongodb",
-        port,
         backend,
         &pki.ca_pem,
         &server,
         &format!("checkHost = {CLIENT}"),
     ));
+    let remote = stunnel.address("mongodb");
     let dir = tempfile::tempdir().unwrap();
     // It trusts the server's CA: only the server side can refuse.
     let mut dc = start_dctunnel(
         &dir,
-        &dctunnel_client("mongodb", port, SERVER, &pki.ca_pem, &impostor, ""),
+        &dctunnel_client("mongodb", remote, SERVER, &pki.ca_pem, &impostor, ""),
     );
     let entrance = dc.listening("mongodb");
 
@@ -300,19 +303,18 @@ async fn stunnel_server_check_host_refuses_a_dctunnel_client_with_another_name()
     let pki = Pki::new("CA");
     let (server, intruder) = (pki.issue(SERVER), pki.issue(INTRUDER));
     let (backend, reached) = counting_echo_backend().await;
-    let port = free_port();
     let stunnel = Stunnel::start(&stunnel_server(
         "mongodb",
-        port,
         backend,
         &pki.ca_pem,
         &server,
         &format!("checkHost = {CLIENT}"),
     ));
+    let remote = stunnel.address("mongodb");
     let dir = tempfile::tempdir().unwrap();
     let mut dc = start_dctunnel(
         &dir,
-        &dctunnel_client("mongodb", port, SERVER, &pki.ca_pem, &intruder, ""),
+        &dctunnel_client("mongodb", remote, SERVER, &pki.ca_pem, &intruder, ""),
     );
     let entrance = dc.listening("mongodb");
 
@@ -333,12 +335,12 @@ async fn dctunnel_client_refuses_a_stunnel_server_with_the_wrong_name_or_ca() {
     let other_pki = Pki::new("other CA");
     let impostor = other_pki.issue(SERVER);
     let (backend, reached) = counting_echo_backend().await;
-    let (genuine, fake) = (free_port(), free_port());
     let checks = format!("checkHost = {CLIENT}");
-    let _stunnel = Stunnel::start(
-        &(stunnel_server("genuine", genuine, backend, &pki.ca_pem, &server, &checks)
-            + &stunnel_server("impostor", fake, backend, &pki.ca_pem, &impostor, &checks)),
+    let stunnel = Stunnel::start(
+        &(stunnel_server("genuine", backend, &pki.ca_pem, &server, &checks)
+            + &stunnel_server("impostor", backend, &pki.ca_pem, &impostor, &checks)),
     );
+    let (genuine, fake) = (stunnel.address("genuine"), stunnel.address("impostor"));
     let dir = tempfile::tempdir().unwrap();
     let mut dc = start_dctunnel(
         &dir,
@@ -401,17 +403,9 @@ async fn stunnel_client_check_host_refuses_a_dctunnel_server_with_another_name()
         ),
     );
     let tls = dc.listening("mongodb");
-    let port = free_port();
-    let stunnel = Stunnel::start(&stunnel_client(
-        "mongodb",
-        port,
-        tls,
-        &pki.ca_pem,
-        &client,
-        "",
-    ));
+    let stunnel = Stunnel::start(&stunnel_client("mongodb", tls, &pki.ca_pem, &client, ""));
 
-    assert_eq!(refused(local(port)).await, b"");
+    assert_eq!(refused(stunnel.address("mongodb")).await, b"");
     stunnel.wait_for("CERT: Subject checks failed");
     stunnel.wait_for(&format!("Rejected by CERT at depth=0: CN={INTRUDER}"));
     dc.wait_for("connection refused");
@@ -426,20 +420,26 @@ async fn a_stunnel_capped_at_tls12_needs_tls12_true() {
     let pki = Pki::new("CA");
     let (server, client) = (pki.issue(SERVER), pki.issue(CLIENT));
     let (backend, reached) = counting_echo_backend().await;
-    let port = free_port();
     let stunnel = Stunnel::start(&stunnel_server(
         "legacy",
-        port,
         backend,
         &pki.ca_pem,
         &server,
         &format!("checkHost = {CLIENT}\nsslVersion = TLSv1.2"),
     ));
+    let remote = stunnel.address("legacy");
     let dir = tempfile::tempdir().unwrap();
     let mut dc = start_dctunnel(
         &dir,
-        &(dctunnel_client("tls13-only", port, SERVER, &pki.ca_pem, &client, "")
-            + &dctunnel_client("tls12", port, SERVER, &pki.ca_pem, &client, "tls12 = true")),
+        &(dctunnel_client("tls13-only", remote, SERVER, &pki.ca_pem, &client, "")
+            + &dctunnel_client(
+                "tls12",
+                remote,
+                SERVER,
+                &pki.ca_pem,
+                &client,
+                "tls12 = true",
+            )),
     );
     let default = dc.listening("tls13-only");
     let tls12 = dc.listening("tls12");
@@ -491,50 +491,45 @@ async fn the_migration_steps_work_with_certificates_from_dctunnel_certs() {
         &off2_dir,
         &dctunnel_server("mongodb", mongodb, &ca_pem, &off2, &format!("[\"{OVH}\"]")),
     );
-    let off2_dctunnel_port = off2_dctunnel.listening("mongodb").port();
-    // off2 on stunnel, and the ovh1 container on stunnel towards each.
-    let off2_stunnel_port = free_port();
-    let (ovh_to_stunnel, ovh_to_dctunnel) = (free_port(), free_port());
-    let _stunnel = Stunnel::start(
-        &(stunnel_server(
-            "off2-mongodb",
-            off2_stunnel_port,
-            mongodb,
-            &ca_pem,
-            &off2,
-            &format!("checkHost = {OVH}"),
-        ) + &stunnel_client_for(
-            "ovh1-mongodb",
-            ovh_to_stunnel,
-            local(off2_stunnel_port),
-            PROXY2,
-            &ca_pem,
-            &ovh,
-            "",
-        ) + &stunnel_client_for(
-            "ovh1-mongodb-to-dctunnel",
-            ovh_to_dctunnel,
-            local(off2_dctunnel_port),
-            PROXY2,
-            &ca_pem,
-            &ovh,
-            "",
-        )),
+    let off2_dctunnel_addr = off2_dctunnel.listening("mongodb");
+    // off2 on stunnel.
+    let off2_stunnel = Stunnel::start(&stunnel_server(
+        "off2-mongodb",
+        mongodb,
+        &ca_pem,
+        &off2,
+        &format!("checkHost = {OVH}"),
+    ));
+    let off2_stunnel_addr = off2_stunnel.address("off2-mongodb");
+    // The ovh1 container on stunnel, towards each.
+    let ovh_stunnel = Stunnel::start(
+        &(stunnel_client_for("ovh1-mongodb", off2_stunnel_addr, PROXY2, &ca_pem, &ovh, "")
+            + &stunnel_client_for(
+                "ovh1-mongodb-to-dctunnel",
+                off2_dctunnel_addr,
+                PROXY2,
+                &ca_pem,
+                &ovh,
+                "",
+            )),
     );
     // The ovh1 container on dctunnel, towards each.
     let ovh_dir = tempfile::tempdir().unwrap();
     let mut ovh_dctunnel = start_dctunnel(
         &ovh_dir,
-        &(dctunnel_client("to-stunnel", off2_stunnel_port, PROXY2, &ca_pem, &ovh, "")
-            + &dctunnel_client("to-dctunnel", off2_dctunnel_port, PROXY2, &ca_pem, &ovh, "")),
+        &(dctunnel_client("to-stunnel", off2_stunnel_addr, PROXY2, &ca_pem, &ovh, "")
+            + &dctunnel_client("to-dctunnel", off2_dctunnel_addr, PROXY2, &ca_pem, &ovh, "")),
     );
     let ovh_dctunnel_to_stunnel = ovh_dctunnel.listening("to-stunnel");
     let ovh_dctunnel_to_dctunnel = ovh_dctunnel.listening("to-dctunnel");
 
     for (step, entrance) in [
-        ("stunnel at both ends", local(ovh_to_stunnel)),
+        ("stunnel at both ends", ovh_stunnel.address("ovh1-mongodb")),
         ("ovh1 on dctunnel, off2 on stunnel", ovh_dctunnel_to_stunnel),
-        ("ovh1 on stunnel, off2 on dctunnel", local(ovh_to_dctunnel)),
+        (
+            "ovh1 on stunnel, off2 on dctunnel",
+            ovh_stunnel.address("ovh1-mongodb-to-dctunnel"),
+        ),
         ("dctunnel at both ends", ovh_dctunnel_to_dctunnel),
     ] {
         let mut conn = TcpStream::connect(entrance).await.unwrap();
@@ -567,8 +562,15 @@ fn dctunnel_cli(args: &[&str]) {
 /// dropped, so that a failing test leaves no stunnel behind.
 struct Stunnel {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    log: Arc<Log>,
     _dir: tempfile::TempDir,
+}
+
+/// stunnel's log lines so far, and whether it closed its stderr (exited).
+#[derive(Default)]
+struct Log {
+    state: Mutex<(Vec<String>, bool)>,
+    grew: Condvar,
 }
 
 impl Stunnel {
@@ -590,59 +592,81 @@ impl Stunnel {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let log = Arc::new(Log::default());
+        let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line);
+                let Ok(line) = line else { break };
+                sink.state.lock().unwrap().0.push(line);
+                sink.grew.notify_all();
             }
+            sink.state.lock().unwrap().1 = true;
+            sink.grew.notify_all();
         });
-        let mut stunnel = Stunnel {
+        let stunnel = Stunnel {
             child,
-            lines,
+            log,
             _dir: dir,
         };
         // stunnel says this once every section's port is bound. (A probe
         // connection would do too for a server section, but would make a
         // client section open a TLS connection to the dctunnel under test.)
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !stunnel.said("Accepting new connections") {
-            if let Some(status) = stunnel.child.try_wait().unwrap() {
-                panic!(
-                    "stunnel exited ({status}) on this configuration:\n{text}\nits log:\n{}",
-                    stunnel.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stunnel not accepting connections after 20 s; its log:\n{}",
+        if !stunnel.wait_until("Accepting new connections") {
+            panic!(
+                "stunnel exited on this configuration:\n{text}\nits log:\n{}",
                 stunnel.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
         stunnel
     }
 
-    fn said(&self, text: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l.contains(text))
+    /// The address section `name` listens on (its `accept` names port 0),
+    /// from stunnel's "Service [name] (FD=...) bound to ADDRESS" line.
+    fn address(&self, name: &str) -> SocketAddr {
+        let prefix = format!("Service [{name}] (FD=");
+        let state = self.log.state.lock().unwrap();
+        let line = state
+            .0
+            .iter()
+            .find(|l| l.contains(&prefix) && l.contains(") bound to "))
+            .unwrap_or_else(|| panic!("stunnel never said where [{name}] listens"));
+        let (_, address) = line.rsplit_once(" bound to ").unwrap();
+        address
+            .parse()
+            .unwrap_or_else(|e| panic!("{address:?} in {line:?}: {e}"))
     }
 
     fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.log.state.lock().unwrap().0.join("\n")
+    }
+
+    /// Waits (up to 20 s) until a log line so far contains `text`; false
+    /// if stunnel exited without saying it.
+    fn wait_until(&self, text: &str) -> bool {
+        let state = self.log.state.lock().unwrap();
+        let (state, timeout) = self
+            .log
+            .grew
+            .wait_timeout_while(state, Duration::from_secs(20), |(lines, closed)| {
+                !*closed && !lines.iter().any(|l| l.contains(text))
+            })
+            .unwrap();
+        let said = state.0.iter().any(|l| l.contains(text));
+        assert!(
+            said || !timeout.timed_out(),
+            "stunnel never logged {text:?} in 20 s; its log:\n{}",
+            state.0.join("\n")
+        );
+        said
     }
 
     /// Waits (up to 20 s) until a log line so far contains `text`.
     fn wait_for(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.said(text) {
-            assert!(
-                Instant::now() < deadline,
-                "stunnel never logged {text:?}; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            self.wait_until(text),
+            "stunnel exited without logging {text:?}; its log:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -671,19 +695,18 @@ fn stunnel_binary() -> PathBuf {
     );
 }
 
-/// A stunnel server-mode section: accepts mutual TLS on 127.0.0.1:`port`
-/// with `me`, demands a client certificate signed by `ca`, forwards to
+/// A stunnel server-mode section: accepts mutual TLS on 127.0.0.1 (port
+/// 0: see [`Stunnel::address`]) with `me`, demands a client certificate signed by `ca`, forwards to
 /// `backend`. `extra` holds more lines (checkHost, sslVersion...).
 fn stunnel_server(
     name: &str,
-    port: u16,
     backend: SocketAddr,
     ca: &Path,
     me: &HostCert,
     extra: &str,
 ) -> String {
     format!(
-        "[{name}]\naccept = 127.0.0.1:{port}\nconnect = {backend}\nCAfile = {ca}\n\
+        "[{name}]\naccept = 127.0.0.1:0\nconnect = {backend}\nCAfile = {ca}\n\
          cert = {cert}\nkey = {key}\nverifyChain = yes\n{extra}\n\n",
         ca = ca.display(),
         cert = me.cert.display(),
@@ -691,28 +714,20 @@ fn stunnel_server(
     )
 }
 
-/// A stunnel client-mode section: accepts plaintext on 127.0.0.1:`port`,
-/// connects with TLS to `remote`, presenting `me`, and checks the
+/// A stunnel client-mode section: accepts plaintext on 127.0.0.1 (port 0:
+/// see [`Stunnel::address`]), connects with TLS to `remote`, presenting `me`, and checks the
 /// server's certificate against `ca` and the name [`SERVER`].
 ///
 /// It sends that name as SNI: in production `connect` names the host
 /// (`proxy2.openfoodfacts.org:27017`) and stunnel sends that name; here it
 /// is an IP address, which stunnel would send as SNI, against RFC 6066.
-fn stunnel_client(
-    name: &str,
-    port: u16,
-    remote: SocketAddr,
-    ca: &Path,
-    me: &HostCert,
-    extra: &str,
-) -> String {
-    stunnel_client_for(name, port, remote, SERVER, ca, me, extra)
+fn stunnel_client(name: &str, remote: SocketAddr, ca: &Path, me: &HostCert, extra: &str) -> String {
+    stunnel_client_for(name, remote, SERVER, ca, me, extra)
 }
 
 /// [`stunnel_client`] checking and sending `server_name` instead.
 fn stunnel_client_for(
     name: &str,
-    port: u16,
     remote: SocketAddr,
     server_name: &str,
     ca: &Path,
@@ -720,7 +735,7 @@ fn stunnel_client_for(
     extra: &str,
 ) -> String {
     format!(
-        "[{name}]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = {remote}\n\
+        "[{name}]\nclient = yes\naccept = 127.0.0.1:0\nconnect = {remote}\n\
          CAfile = {ca}\ncert = {cert}\nkey = {key}\nverifyChain = yes\n\
          checkHost = {server_name}\nsni = {server_name}\n{extra}\n\n",
         ca = ca.display(),
@@ -755,11 +770,11 @@ allow_peers = {allow_peers}
     )
 }
 
-/// A dctunnel client-mode `[[service]]` on 127.0.0.1:0 towards
-/// 127.0.0.1:`port`; `extra` holds more keys.
+/// A dctunnel client-mode `[[service]]` on 127.0.0.1:0 towards `remote`;
+/// `extra` holds more keys.
 fn dctunnel_client(
     name: &str,
-    port: u16,
+    remote: SocketAddr,
     server_name: &str,
     ca: &Path,
     me: &HostCert,
@@ -771,7 +786,7 @@ fn dctunnel_client(
 name = "{name}"
 mode = "client"
 listen = "127.0.0.1:0"
-connect = "127.0.0.1:{port}"
+connect = "{remote}"
 server_name = "{server_name}"
 ca = "{ca}"
 cert = "{cert}"
@@ -793,10 +808,6 @@ fn start_dctunnel(dir: &tempfile::TempDir, services: &str) -> Proc {
     )
     .unwrap();
     Proc::start(&path, "")
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// An echo backend (sends back what it reads, half-closes after the

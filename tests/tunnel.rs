@@ -494,7 +494,24 @@ async fn tls12_only_peer_is_refused_by_default() {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
-    assert!(!direct_tls(&t, std::sync::Arc::new(old), SERVER).await);
+    // Refused for its protocol version, not for anything else: the server
+    // side answers its ClientHello with a protocol_version alert.
+    let tcp = TcpStream::connect(t.tls_port).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(SERVER).unwrap();
+    let err = TlsConnector::from(std::sync::Arc::new(old))
+        .connect(sni, tcp)
+        .await
+        .map(|_| ())
+        .expect_err("a TLS 1.2-only client finished its handshake");
+    assert_eq!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion
+        )),
+        "{err}"
+    );
+    assert_rejected(&t, Rejection::HandshakeFailed).await;
     t.daemon.shutdown().await;
 }
 

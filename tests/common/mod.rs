@@ -339,16 +339,37 @@ pub fn tls_client(ca: &Path, me: Option<&HostCert>) -> Arc<rustls::ClientConfig>
     Arc::new(config)
 }
 
-/// Polls `cond` until it holds (up to 10 s). For counters updated by the
+/// Polls `cond` until it holds (up to 20 s). For counters updated by the
 /// daemon's tasks after the client already saw the connection close.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
+    eventually_ok(what, || {
+        std::future::ready(match cond() {
+            true => Ok(()),
+            false => Err("false"),
+        })
+    })
+    .await
+}
+
+/// Runs `probe` every 20 ms until it returns `Ok`, and returns what it
+/// found; after 20 s, fails with `what` and the last `Err` (what was seen
+/// instead). For conditions that take I/O to observe: a scrape, a
+/// connection, a command's output.
+pub async fn eventually_ok<T, E: std::fmt::Debug, F>(what: &str, mut probe: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match probe().await {
+            Ok(found) => return found,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}; last seen: {last:#?}");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
 /// The real `dctunnel` binary running in the background, with its JSON log
@@ -429,6 +450,19 @@ impl Proc {
         }
     }
 
+    /// The addresses of `services`, from their "service listening" lines
+    /// in whatever order they come.
+    pub fn listening_all<const N: usize>(&mut self, services: [&str; N]) -> [SocketAddr; N] {
+        let mut found = [None; N];
+        while found.iter().any(Option::is_none) {
+            let f = self.wait_for("service listening");
+            if let Some(i) = services.iter().position(|s| f["service"] == *s) {
+                found[i] = Some(f["listen"].as_str().unwrap().parse().unwrap());
+            }
+        }
+        found.map(Option::unwrap)
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .arg(format!("-{sig}"))
@@ -503,9 +537,47 @@ key = "{ckey}"
     )
 }
 
-/// A port that was free a moment ago (for the few tests that must name a
-/// port before the daemon starts, e.g. a client side pointing at a server
-/// side in another process).
+/// The real binary on a one-file tunnel, ready and with both ends joined.
+pub struct ProcTunnel {
+    pub proc: Proc,
+    /// The file's text in force (the client side points at `tls`).
+    pub text: String,
+    /// The server side's address.
+    pub tls: SocketAddr,
+    /// The client side's entrance.
+    pub entrance: SocketAddr,
+}
+
+/// Starts the real binary on a one-file tunnel written to `path` by
+/// `text(tls_connect)` (e.g. [`tunnel_config`] with both ends on port 0),
+/// naming no port before it is bound: a port found free and then named
+/// could be taken by another process in between. The client side first
+/// points at a placeholder (no connection is made yet); once the server
+/// side's port is read back from the log, the file is rewritten to point
+/// at it and applied with SIGHUP.
+pub fn start_tunnel_proc(path: &Path, prefix: &str, text: impl Fn(&str) -> String) -> ProcTunnel {
+    std::fs::write(path, text("127.0.0.1:9")).unwrap();
+    let mut proc = Proc::start(path, prefix);
+    let [tls, entrance] = proc.listening_all(["tls", "plain"]);
+    // SIGHUP is handled from "ready" on; before, it would kill the process.
+    proc.wait_for("ready");
+    let text = text(&tls.to_string());
+    std::fs::write(path, &text).unwrap();
+    proc.signal("HUP");
+    proc.wait_for("reload done");
+    ProcTunnel {
+        proc,
+        text,
+        tls,
+        entrance,
+    }
+}
+
+/// A port that was free a moment ago, for a program that can neither
+/// listen on port 0 and tell which port it got, nor take a listening
+/// socket from us (redis-server). Racy: another process may take the port
+/// before the program binds it, so the caller must retry when the program
+/// cannot bind.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
