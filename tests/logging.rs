@@ -66,20 +66,17 @@ async fn debug_shows_our_lines_and_the_libraries_only_when_named() {
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
     for (level, library_lines_expected) in [("debug", false), ("debug,rustls=debug", true)] {
-        let tls = format!("127.0.0.1:{}", free_port());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dctunnel.toml");
-        std::fs::write(
-            &path,
-            tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls),
-        )
-        .unwrap();
-        let mut p = Proc::start(
+        let ProcTunnel {
+            proc: mut p,
+            entrance,
+            ..
+        } = start_tunnel_proc(
             &path,
             &format!("DCTUNNEL_LOG='{level}'; export DCTUNNEL_LOG;"),
+            |tls| tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls),
         );
-        let entrance = p.listening("plain");
-        p.wait_for("ready");
         let mut conn = tokio::net::TcpStream::connect(entrance).await.unwrap();
         assert_eq!(roundtrip(&mut conn, b"x").await, b"x");
         drop(conn);

@@ -24,17 +24,31 @@ async fn status_works_with_a_broken_file_by_hand_and_as_json() {
     let pki = Pki::new("CA");
     let (s, c) = (pki.issue(SERVER), pki.issue(CLIENT));
     let backend = echo_backend().await;
-    let tls = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dctunnel.toml");
-    let text = format!(
-        "[admin]\nlisten = \"{admin}\"\n{}",
-        tunnel_config(&pki, &s, &c, backend, &tls, "127.0.0.1:0", &tls)
+    let with_admin = |tls: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            tunnel_config(&pki, &s, &c, backend, "127.0.0.1:0", "127.0.0.1:0", tls)
+        )
+    };
+    let ProcTunnel {
+        proc: mut p, text, ..
+    } = start_tunnel_proc(&path, "", with_admin);
+    let admin = p
+        .seen
+        .iter()
+        .find(|v| v["fields"]["message"] == "admin endpoint listening")
+        .expect("no admin endpoint line")["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The file as the admin left it: the real admin port written in.
+    let text = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{admin}\""),
+        1,
     );
-    std::fs::write(&path, &text).unwrap();
-    let mut p = Proc::start(&path, "");
-    p.wait_for("ready");
     let config = path.to_str().unwrap();
 
     // The admin half-way through an edit: a syntax error further down.
