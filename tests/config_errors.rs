@@ -190,7 +190,12 @@ fn missing_and_unreadable_files_are_named() {
         &format!("ca = \"{}\"", pki.ca_pem.display()),
         &format!("ca = \"{}\"", garbage.display()),
     );
-    assert_one(&text, "mongodb", "ca", "no CERTIFICATE found");
+    assert_one(
+        &text,
+        "mongodb",
+        "ca",
+        "garbage.pem: line 1: text outside a PEM block",
+    );
 }
 
 #[test]
