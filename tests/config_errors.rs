@@ -694,3 +694,34 @@ fn a_default_of_the_other_mode_is_not_an_error() {
     let (_d, c) = config(&text);
     c.unwrap();
 }
+
+/// A host name that does not resolve now is a warning, not an error: DNS
+/// may differ where and when the daemon runs.
+#[test]
+fn check_warns_of_a_connect_name_that_does_not_resolve() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    let text = server(&pki, &h, r#"allow_peers = ["*"]"#)
+        .replace("10.1.0.102:27017", "mongodb.dctunnel-test.invalid:27017")
+        + &server(&pki, &h, r#"allow_peers = ["*"]"#)
+            .replace("\"mongodb\"", "\"redis\"")
+            .replace("27017\"\nconnect", "6379\"\nconnect")
+            .replace("10.1.0.102:27017", "localhost:6379");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "service \"mongodb\": connect: mongodb.dctunnel-test.invalid:27017 does not resolve now"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+}
