@@ -3,7 +3,6 @@
 //! service's list of allowed identities.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +10,6 @@ use base64::Engine as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
@@ -22,6 +20,7 @@ use rustls::{
     SupportedCipherSuite,
 };
 
+use crate::config::files;
 use crate::x509;
 
 /// The TLS-related settings of one service, as paths and flags.
@@ -170,10 +169,11 @@ fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion]
 pub fn server_config(
     files: &TlsFiles,
     peers: Arc<PeerPolicy>,
+    read: &mut Contents,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
-    let (chain, key) = own_identity(files)?;
-    let trust = Trust::load(files)?;
+    let (chain, key) = own_identity(files, read)?;
+    let trust = Trust::load(files, read)?;
     let webpki = match &trust.roots {
         Some(roots) => Some(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -196,7 +196,7 @@ pub fn server_config(
         .map_err(|e| err("tls12", e.to_string()))?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)
-        .map_err(|e| err("key", format!("does not match the certificate: {e}")))?;
+        .map_err(|_| mismatch(files))?;
     if files.resumption {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| err("cert", format!("cannot set up session tickets: {e}")))?;
@@ -209,10 +209,13 @@ pub fn server_config(
 
 /// Builds the configuration of a client-mode service: our certificate for
 /// client authentication, and a server verifier (CA and CRLs, and/or pins).
-pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    files: &TlsFiles,
+    read: &mut Contents,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let (chain, key) = own_identity(files)?;
-    let trust = Trust::load(files)?;
+    let (chain, key) = own_identity(files, read)?;
+    let trust = Trust::load(files, read)?;
     let webpki = match &trust.roots {
         Some(roots) => Some(
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -235,7 +238,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| err("key", format!("does not match the certificate: {e}")))?;
+        .map_err(|_| mismatch(files))?;
     config.resumption = if files.resumption {
         rustls::client::Resumption::store(Arc::new(TicketStore::default()))
     } else {
@@ -339,6 +342,16 @@ impl rustls::client::ClientSessionStore for TicketStore {
     }
 }
 
+/// Each file a service's TLS settings were built from, with its contents
+/// as read: what a reload compares, and what the metrics describe.
+pub type Contents = Vec<(PathBuf, Vec<u8>)>;
+
+/// The most certificates a `cert` file may hold (this host's and its
+/// intermediates): the whole chain goes to every peer in each handshake.
+pub const MAX_CHAIN_CERTS: usize = 10;
+/// The most bytes (DER) the certificates of a `cert` file may add up to.
+pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
+
 struct Trust {
     roots: Option<Arc<RootCertStore>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -346,36 +359,14 @@ struct Trust {
 }
 
 impl Trust {
-    fn load(files: &TlsFiles) -> Result<Trust, TlsError> {
+    fn load(files: &TlsFiles, read: &mut Contents) -> Result<Trust, TlsError> {
         let roots = match &files.ca {
             None => None,
-            Some(path) => {
-                let certs = read_certs("ca", path)?;
-                let mut store = RootCertStore::empty();
-                for c in certs {
-                    store.add(c).map_err(|e| {
-                        err(
-                            "ca",
-                            format!("{}: not a usable CA certificate: {e}", path.display()),
-                        )
-                    })?;
-                }
-                Some(Arc::new(store))
-            }
+            Some(path) => Some(Arc::new(load_roots(path, read)?)),
         };
         let mut crls = Vec::new();
         for path in &files.crl {
-            let bytes = read("crl", path)?;
-            let found: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
-                .collect::<Result<_, _>>()
-                .map_err(|e| err("crl", format!("{}: bad PEM: {e}", path.display())))?;
-            if found.is_empty() {
-                return Err(err(
-                    "crl",
-                    format!("{}: no X509 CRL found in PEM", path.display()),
-                ));
-            }
-            crls.extend(found);
+            crls.extend(load_crls(path, read)?);
         }
         if !crls.is_empty() && roots.is_none() {
             return Err(err(
@@ -383,80 +374,274 @@ impl Trust {
                 "needs ca: revocation lists apply to certificates checked against a CA",
             ));
         }
-        let mut pins = Vec::new();
-        for pin in &files.peer_pins {
-            let Some(b64) = pin.strip_prefix("sha256/") else {
-                return Err(err(
-                    "peer_pins",
-                    format!("{pin:?} must start with \"sha256/\" (see `dctunnel certs show`)"),
-                ));
-            };
-            match base64::engine::general_purpose::STANDARD.decode(b64) {
-                Ok(d) if d.len() == 32 => pins.push(pin.clone()),
-                _ => {
-                    return Err(err(
-                        "peer_pins",
-                        format!("{pin:?} is not sha256/ and 44 characters of base64"),
-                    ))
-                }
-            }
-        }
+        let pins = check_pins(&files.peer_pins)?;
         Ok(Trust { roots, crls, pins })
     }
 }
 
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| err(field, format!("{}: cannot read: {e}", path.display())))
+/// Checks `peer_pins`: each `sha256/` and the base64 of 32 bytes.
+pub fn check_pins(peer_pins: &[String]) -> Result<Vec<String>, TlsError> {
+    let mut pins = Vec::new();
+    for pin in peer_pins {
+        let Some(b64) = pin.strip_prefix("sha256/") else {
+            return Err(err(
+                "peer_pins",
+                format!("{pin:?} must start with \"sha256/\" (see `dctunnel certs show`)"),
+            ));
+        };
+        match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(d) if d.len() == 32 => pins.push(pin.clone()),
+            _ => {
+                return Err(err(
+                    "peer_pins",
+                    format!("{pin:?} is not sha256/ and 44 characters of base64"),
+                ))
+            }
+        }
+    }
+    Ok(pins)
 }
 
-fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(field, path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(field, format!("{}: bad PEM: {e}", path.display())))?;
-    if certs.is_empty() {
+/// Reads the PEM blocks of `path` for `field`, recording its contents in
+/// `read`. Every message names the file and what is wrong, never what it
+/// holds: it may be a private key.
+fn read_pem(
+    field: &'static str,
+    path: &Path,
+    limit: u64,
+    read: &mut Contents,
+) -> Result<(Vec<files::Block>, u32), TlsError> {
+    let (bytes, mode) = files::read_with_mode(path, limit)
+        .map_err(|e| err(field, format!("{}: {e}", path.display())))?;
+    let blocks = files::pem_blocks(&bytes);
+    read.push((path.to_owned(), bytes));
+    let blocks = blocks.map_err(|e| err(field, format!("{}: {e}", path.display())))?;
+    Ok((blocks, mode))
+}
+
+/// Refuses a file holding a private key that group or others can read.
+fn check_private(field: &'static str, path: &Path, mode: u32) -> Result<(), TlsError> {
+    let mode = mode & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(err(
+        field,
+        format!(
+            "{} is readable by group or others (mode {mode:04o}); a private key must be private: \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        ),
+    ))
+}
+
+/// The certificates of a `ca` file: CERTIFICATE blocks only (a CA file is
+/// copied to every host, so a private key in it is refused).
+pub fn load_roots(path: &Path, read: &mut Contents) -> Result<RootCertStore, TlsError> {
+    let (blocks, _) = read_pem("ca", path, files::PEM_LIMIT, read)?;
+    let mut store = RootCertStore::empty();
+    for block in blocks {
+        let at = format!(
+            "{}: the {} block of line {}",
+            path.display(),
+            block.label,
+            block.line
+        );
+        match block.label {
+            files::Label::Certificate => {}
+            label if label.is_private_key() => {
+                return Err(err(
+                    "ca",
+                    format!(
+                        "{at} is a private key; a CA file is copied to every host and must hold \
+                         certificates only"
+                    ),
+                ))
+            }
+            _ => return Err(err("ca", format!("{at} is not a CERTIFICATE"))),
+        }
+        store
+            .add(CertificateDer::from(block.der))
+            .map_err(|e| err("ca", format!("{at} is not a usable CA certificate: {e}")))?;
+    }
+    Ok(store)
+}
+
+/// The revocation lists of a `crl` file: X509 CRL blocks only.
+pub fn load_crls(
+    path: &Path,
+    read: &mut Contents,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let (blocks, _) = read_pem("crl", path, files::CRL_LIMIT, read)?;
+    blocks
+        .into_iter()
+        .map(|block| match block.label {
+            files::Label::Crl => Ok(CertificateRevocationListDer::from(block.der)),
+            label => Err(err(
+                "crl",
+                format!(
+                    "{}: the {label} block of line {} is not an X509 CRL",
+                    path.display(),
+                    block.line
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// This host's certificate chain from a `cert` file: its certificate
+/// first, then intermediates, at most [`MAX_CHAIN_CERTS`] and
+/// [`MAX_CHAIN_BYTES`]. A private key beside them (a combined file) is
+/// skipped, and then the file must be private too.
+pub fn load_chain(
+    path: &Path,
+    read: &mut Contents,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let (blocks, mode) = read_pem("cert", path, files::PEM_LIMIT, read)?;
+    let mut chain = Vec::new();
+    let mut bytes = 0;
+    for block in blocks {
+        let at = format!(
+            "{}: the {} block of line {}",
+            path.display(),
+            block.label,
+            block.line
+        );
+        match block.label {
+            files::Label::Certificate => {}
+            label if label.is_private_key() => {
+                check_private("cert", path, mode)?;
+                continue;
+            }
+            files::Label::EcParameters => continue,
+            _ => return Err(err("cert", format!("{at} is not a CERTIFICATE"))),
+        }
+        if x509::CertInfo::parse(&block.der).is_err() {
+            return Err(err("cert", format!("{at} is not an X.509 certificate")));
+        }
+        bytes += block.der.len();
+        chain.push(CertificateDer::from(block.der));
+    }
+    let Some(first) = chain.first() else {
         return Err(err(
-            field,
-            format!("{}: no CERTIFICATE found in PEM", path.display()),
+            "cert",
+            format!("{}: holds no CERTIFICATE block", path.display()),
+        ));
+    };
+    if let Some(problem) = x509::validity_problem(first) {
+        return Err(err("cert", format!("{}: {problem}", path.display())));
+    }
+    if chain.len() > MAX_CHAIN_CERTS || bytes > MAX_CHAIN_BYTES {
+        return Err(err(
+            "cert",
+            format!(
+                "{}: holds {} certificates, {} KiB; the chain is sent to every peer, and may \
+                 hold at most {MAX_CHAIN_CERTS} certificates and {} KiB: this host's \
+                 certificate and its intermediates, not the CA bundle",
+                path.display(),
+                chain.len(),
+                bytes.div_ceil(1024),
+                MAX_CHAIN_BYTES / 1024
+            ),
         ));
     }
-    Ok(certs)
+    Ok(chain)
 }
 
-/// Loads our certificate chain and private key; refuses a key that group or
-/// others can read, and a certificate that has expired.
+/// This host's private key from a `key` file: exactly one private key
+/// block, unencrypted, that the crypto provider can use; the file must not
+/// be readable by group or others. A certificate beside it (a combined
+/// file) is skipped.
+pub fn load_key(path: &Path, read: &mut Contents) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let (blocks, mode) = read_pem("key", path, files::PEM_LIMIT, read)?;
+    check_private("key", path, mode)?;
+    let mut key = None;
+    for block in blocks {
+        let at = format!(
+            "{}: the {} block of line {}",
+            path.display(),
+            block.label,
+            block.line
+        );
+        let der = match block.label {
+            files::Label::PrivateKey => PrivateKeyDer::Pkcs8(block.der.into()),
+            files::Label::RsaPrivateKey => PrivateKeyDer::Pkcs1(block.der.into()),
+            files::Label::EcPrivateKey => PrivateKeyDer::Sec1(block.der.into()),
+            files::Label::Certificate | files::Label::EcParameters => continue,
+            files::Label::EncryptedPrivateKey => {
+                return Err(err(
+                    "key",
+                    format!(
+                        "{at} is encrypted; dctunnel needs the key unencrypted (and the file \
+                         private): `openssl pkey -in FILE -out NEW`"
+                    ),
+                ))
+            }
+            _ => return Err(err("key", format!("{at} is not a private key"))),
+        };
+        if key.is_some() {
+            return Err(err(
+                "key",
+                format!("{at} is a second private key; a key file holds one"),
+            ));
+        }
+        // The provider's error is not shown: only that the key is unusable.
+        if rustls::crypto::aws_lc_rs::default_provider()
+            .key_provider
+            .load_private_key(der.clone_key())
+            .is_err()
+        {
+            return Err(err(
+                "key",
+                format!(
+                    "{at} is not a usable private key (damaged, or of a type dctunnel cannot \
+                     use: ECDSA P-256/P-384, Ed25519 and RSA are)"
+                ),
+            ));
+        }
+        key = Some(der);
+    }
+    key.ok_or_else(|| {
+        err(
+            "key",
+            format!(
+                "{}: holds no private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block); \
+                 is it the certificate file?",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// The key and certificate were each read fine, and rustls refuses them
+/// together: they are not a pair (its error is not shown, it adds nothing).
+fn mismatch(files: &TlsFiles) -> TlsError {
+    let name = |p: &Option<PathBuf>| {
+        p.as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    err(
+        "key",
+        format!(
+            "{} does not match the certificate {}",
+            name(&files.key),
+            name(&files.cert)
+        ),
+    )
+}
+
+/// Loads our certificate chain and private key.
 fn own_identity(
     files: &TlsFiles,
+    read: &mut Contents,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let (Some(cert_path), Some(key_path)) = (&files.cert, &files.key) else {
         return Err(err("cert", "cert and key are both required"));
     };
-    let chain = read_certs("cert", cert_path)?;
-    if let Some(problem) = x509::validity_problem(&chain[0]) {
-        return Err(err("cert", format!("{}: {problem}", cert_path.display())));
-    }
-    let meta = std::fs::metadata(key_path)
-        .map_err(|e| err("key", format!("{}: cannot read: {e}", key_path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(
-            "key",
-            format!(
-                "{} is readable by group or others (mode {mode:04o}); a private key must be private: \
-                 chmod 600 {}",
-                key_path.display(),
-                key_path.display()
-            ),
-        ));
-    }
-    let bytes = read("key", key_path)?;
-    // The parser's error names the PEM problem, never the key material.
-    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        err(
-            "key",
-            format!("{}: no usable private key: {e}", key_path.display()),
-        )
-    })?;
+    let chain = load_chain(cert_path, read)?;
+    let key = load_key(key_path, read)?;
     Ok((chain, key))
 }
 

@@ -190,7 +190,12 @@ fn missing_and_unreadable_files_are_named() {
         &format!("ca = \"{}\"", pki.ca_pem.display()),
         &format!("ca = \"{}\"", garbage.display()),
     );
-    assert_one(&text, "mongodb", "ca", "no CERTIFICATE found");
+    assert_one(
+        &text,
+        "mongodb",
+        "ca",
+        "garbage.pem: line 1: text outside a PEM block",
+    );
 }
 
 #[test]
@@ -451,4 +456,272 @@ fn tables_are_named_as_tables() {
         p[0].contains("dctunnel.toml: [admin]: unknown field `port`"),
         "{p:#?}"
     );
+}
+
+/// Every number has an upper bound that `check` enforces, naming the key:
+/// past it, `run` would panic on each connection or fail to start.
+#[test]
+fn numbers_past_their_bound_are_refused() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let service = |extra: &str| server(&pki, &h, &format!("allow_peers = [\"*\"]\n{extra}"));
+    for (extra, field, words) in [
+        (
+            "idle_timeout = \"18446744073709551615s\"",
+            "idle_timeout",
+            "is longer than 30d",
+        ),
+        (
+            "idle_timeout = \"31d\"",
+            "idle_timeout",
+            "is longer than 30d",
+        ),
+        (
+            "connect_timeout = \"2h\"",
+            "connect_timeout",
+            "is longer than 1h",
+        ),
+        (
+            "handshake_timeout = \"61m\"",
+            "handshake_timeout",
+            "is longer than 1h",
+        ),
+        (
+            "max_connections = 1000000000000",
+            "max_connections",
+            "more than 1000000",
+        ),
+        (
+            "max_connections_per_source = 1000001",
+            "max_connections_per_source",
+            "more than 1000000",
+        ),
+    ] {
+        assert_one(&service(extra), "mongodb", field, words);
+    }
+    // At the bound, accepted.
+    let (_d, c) = config(&service(
+        "idle_timeout = \"30d\"\nmax_connections = 1000000",
+    ));
+    c.unwrap();
+
+    let p = problems(&format!(
+        "[daemon]\nworker_threads = 100000\n{}",
+        service("")
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("[daemon].worker_threads: is 100000, more than the 256"),
+        "{p:#?}"
+    );
+    let p = problems(&format!(
+        "[daemon]\nshutdown_timeout = \"2h\"\n{}",
+        service("")
+    ));
+    assert!(
+        p[0].contains("[daemon].shutdown_timeout: \"2h\" is longer than 1h"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn port_zero_is_refused_as_a_destination_in_every_form() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    for target in ["127.0.0.1:0", "localhost:0", "[::1]:0"] {
+        assert_one(
+            &server(&pki, &h, "allow_peers = [\"*\"]").replace("10.1.0.102:27017", target),
+            "mongodb",
+            "connect",
+            "port 0 is not a destination",
+        );
+    }
+}
+
+/// `dctunnel check` on `text`, killed if it has not ended within 20 s;
+/// returns its exit code and stderr.
+fn check_bounded(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    std::fs::write(&path, text).unwrap();
+    check_bounded_path(&path)
+}
+
+fn check_bounded_path(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_dctunnel"), "check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A FIFO would block `check` (and a reload) forever, /dev/zero would be
+/// read until memory runs out: both are refused at once, by name.
+#[test]
+fn only_regular_files_are_read() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let fifo = pki.dir.path().join("ca.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (path, kind) in [
+        (fifo.as_path(), "is a FIFO, not a regular file"),
+        (std::path::Path::new("/dev/zero"), "is a character device"),
+        (pki.dir.path(), "is a directory"),
+    ] {
+        let text = server(&pki, &h, r#"allow_peers = ["*"]"#).replace(
+            &format!("ca = \"{}\"", pki.ca_pem.display()),
+            &format!("ca = \"{}\"", path.display()),
+        );
+        let (code, stderr) = check_bounded(&text);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("ca: {}: {kind}", path.display())),
+            "{stderr}"
+        );
+    }
+    // The configuration file itself, too.
+    let (code, stderr) = check_bounded_path(&fifo);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is a FIFO"), "{stderr}");
+}
+
+/// The chain goes to every peer, unauthenticated, in each handshake.
+#[test]
+fn a_certificate_file_holding_a_bundle_is_refused() {
+    let pki = Pki::new("CA");
+    let mut h = pki.issue("off2.test");
+    let ca = std::fs::read_to_string(&pki.ca_pem).unwrap();
+    let bundle = std::fs::read_to_string(&h.cert).unwrap() + &ca.repeat(10);
+    h.cert = pki.dir.path().join("bundle.pem");
+    std::fs::write(&h.cert, bundle).unwrap();
+    assert_one(
+        &server(&pki, &h, r#"allow_peers = ["*"]"#),
+        "mongodb",
+        "cert",
+        "holds 11 certificates",
+    );
+}
+
+#[test]
+fn text_after_a_certificate_in_a_ca_file_is_reported() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let ca = std::fs::read_to_string(&pki.ca_pem).unwrap();
+    let lines = ca.lines().count();
+    // A second certificate whose BEGIN line was lost.
+    let damaged = pki.dir.path().join("damaged.pem");
+    std::fs::write(
+        &damaged,
+        format!(
+            "{ca}{}",
+            ca.replacen("-----BEGIN CERTIFICATE-----\n", "", 1)
+        ),
+    )
+    .unwrap();
+    let text = server(&pki, &h, r#"allow_peers = ["*"]"#).replace(
+        &format!("ca = \"{}\"", pki.ca_pem.display()),
+        &format!("ca = \"{}\"", damaged.display()),
+    );
+    assert_one(
+        &text,
+        "mongodb",
+        "ca",
+        &format!("damaged.pem: line {}: text outside a PEM block", lines + 1),
+    );
+}
+
+/// A problem of `[defaults]` is reported once, there, not in each service.
+#[test]
+fn a_bad_default_is_reported_once() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let two = server(&pki, &h, r#"allow_peers = ["*"]"#)
+        + &server(&pki, &h, r#"allow_peers = ["*"]"#)
+            .replace("\"mongodb\"", "\"redis\"")
+            .replace("27017\"\nconnect", "6379\"\nconnect");
+    let p = problems(&format!("[defaults]\nidle_timeout = \"x\"\n{two}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("[defaults].idle_timeout: \"x\" is not"),
+        "{p:#?}"
+    );
+
+    // A key file from ${CREDENTIALS_DIRECTORY}, which is not set.
+    let without_key = two.replace(&format!("key = \"{}\"\n", h.key.display()), "");
+    assert!(!without_key.contains("key ="));
+    let p = problems(&format!(
+        "[defaults]\nkey = \"${{CREDENTIALS_DIRECTORY}}/off2.key\"\n{without_key}"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("[defaults].key: \"${CREDENTIALS_DIRECTORY}/off2.key\": CREDENTIALS_DIRECTORY is not set"),
+        "{p:#?}"
+    );
+
+    // A broken default key file: once.
+    let broken = pki.dir.path().join("broken.key");
+    write_private(
+        &broken,
+        "-----BEGIN PRIVATE KEY----- AAAA -----END PRIVATE KEY-----\n",
+    );
+    let p = problems(&format!(
+        "[defaults]\nkey = \"{}\"\n{without_key}",
+        broken.display()
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("[defaults].key: "), "{p:#?}");
+}
+
+/// A default meant for server-mode services does not break the
+/// client-mode ones.
+#[test]
+fn a_default_of_the_other_mode_is_not_an_error() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let text = format!(
+        "[defaults]\nallow_peers = [\"client.test\"]\n{}{}",
+        server(&pki, &h, ""),
+        client(&pki, &h, "10.1.0.113:27017", "")
+    );
+    let (_d, c) = config(&text);
+    c.unwrap();
+}
+
+/// A host name that does not resolve now is a warning, not an error: DNS
+/// may differ where and when the daemon runs.
+#[test]
+fn check_warns_of_a_connect_name_that_does_not_resolve() {
+    let pki = Pki::new("CA");
+    let h = pki.issue("off2.test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dctunnel.toml");
+    let text = server(&pki, &h, r#"allow_peers = ["*"]"#)
+        .replace("10.1.0.102:27017", "mongodb.dctunnel-test.invalid:27017")
+        + &server(&pki, &h, r#"allow_peers = ["*"]"#)
+            .replace("\"mongodb\"", "\"redis\"")
+            .replace("27017\"\nconnect", "6379\"\nconnect")
+            .replace("10.1.0.102:27017", "localhost:6379");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "service \"mongodb\": connect: mongodb.dctunnel-test.invalid:27017 does not resolve now"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
 }

@@ -2,7 +2,7 @@
 //! what is wrong and carries on with what it could make of the rest, so
 //! that one pass finds every problem.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::files;
 use super::problem::{ConfigError, Location, Problem};
 use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawService};
 use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
@@ -24,15 +25,41 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The upper bounds of the numbers a user writes, so that `check` accepts
+/// only what `run` can start and carry (the README lists them). Each is
+/// far above any sensible value.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// `connect_timeout`, `handshake_timeout`: one hour.
+    pub const TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `idle_timeout`: 30 days.
+    pub const IDLE_TIMEOUT: (Duration, &str) = (Duration::from_secs(30 * 86400), "30d");
+    /// `[daemon].shutdown_timeout`: one hour.
+    pub const SHUTDOWN_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `[daemon].worker_threads`.
+    pub const WORKER_THREADS: usize = 256;
+    /// `max_connections`, `max_connections_per_source`: each connection
+    /// holds two sockets, and no open-files limit goes that far.
+    pub const CONNECTIONS: usize = 1_000_000;
+}
+
 /// Reads and checks the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let whole = |message: String| ConfigError {
         problems: vec![Problem {
             file: path.to_owned(),
             location: Location::File,
             field: None,
-            message: format!("cannot read: {e}"),
+            message,
         }],
+    };
+    let bytes = files::read(path, files::CONFIG_LIMIT).map_err(|e| whole(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        whole(format!(
+            "is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse(path, &text)
 }
@@ -47,6 +74,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from(".")),
         problems: Vec::new(),
+        found: 0,
+        quiet: HashSet::new(),
     };
     let config = cx.parse(text);
     match config {
@@ -63,6 +92,19 @@ struct Context {
     /// Relative file names are taken from here: the file's folder.
     base: PathBuf,
     problems: Vec<Problem>,
+    /// Problems found so far, counting those not reported (see `quiet`).
+    found: usize,
+    /// Keys of the service being read whose problems are not reported:
+    /// their value comes from `[defaults]`, where the problem was already
+    /// reported once.
+    quiet: HashSet<String>,
+}
+
+/// `[defaults]`, and which of its keys had a problem (reported once at
+/// `[defaults]`, not again in each service using it).
+struct Defaults {
+    raw: RawService,
+    bad: HashSet<String>,
 }
 
 /// The `[daemon]` table, checked.
@@ -85,6 +127,11 @@ const DEFAULTS: Location = Location::Table("defaults");
 
 impl Context {
     fn problem(&mut self, at: &Location, field: Option<&str>, message: impl Into<String>) {
+        self.found += 1;
+        let in_service = matches!(at, Location::Service(_));
+        if in_service && field.is_some_and(|f| self.quiet.contains(f)) {
+            return;
+        }
         self.problems.push(Problem {
             file: self.file.clone(),
             location: at.clone(),
@@ -162,10 +209,14 @@ impl Context {
         })
     }
 
-    /// `[defaults]`: any service key but the four that are per service.
-    fn defaults(&mut self, value: Option<toml::Value>) -> RawService {
+    /// `[defaults]`: any service key but the four that are per service,
+    /// each value checked here, once, as far as it can be without a service.
+    fn defaults(&mut self, value: Option<toml::Value>) -> Defaults {
         let Some(value) = value else {
-            return RawService::default();
+            return Defaults {
+                raw: RawService::default(),
+                bad: HashSet::new(),
+            };
         };
         let defaults = RawService::deserialize(value).unwrap_or_else(|e| {
             self.serde_problem(&DEFAULTS, &e);
@@ -185,7 +236,54 @@ impl Context {
                 );
             }
         }
-        defaults
+        let before = self.problems.len();
+        self.default_values(&defaults);
+        let bad = self.problems[before..]
+            .iter()
+            .filter_map(|p| p.field.clone())
+            .collect();
+        Defaults { raw: defaults, bad }
+    }
+
+    /// The values of `[defaults]` that can be checked on their own:
+    /// durations, limits, networks, names, pins, and the files.
+    fn default_values(&mut self, d: &RawService) {
+        self.timeouts(&DEFAULTS, d);
+        self.limits(&DEFAULTS, d);
+        self.allow_sources(&DEFAULTS, d);
+        if let Some(list) = &d.allow_peers {
+            if let Err(e) = PeerPolicy::parse(list) {
+                self.problem(&DEFAULTS, Some("allow_peers"), e);
+            }
+        }
+        if let Some(pins) = &d.peer_pins {
+            if let Err(e) = tls::check_pins(pins) {
+                self.problem(&DEFAULTS, Some(e.field), e.message);
+            }
+        }
+        let mut read = tls::Contents::new();
+        let mut file = |cx: &mut Self, field: &'static str, value: &str| {
+            let Some(path) = cx.path(&DEFAULTS, field, value) else {
+                return;
+            };
+            let loaded = match field {
+                "ca" => tls::load_roots(&path, &mut read).map(drop),
+                "cert" => tls::load_chain(&path, &mut read).map(drop),
+                "key" => tls::load_key(&path, &mut read).map(drop),
+                _ => tls::load_crls(&path, &mut read).map(drop),
+            };
+            if let Err(e) = loaded {
+                cx.problem(&DEFAULTS, Some(e.field), e.message);
+            }
+        };
+        for (field, value) in [("ca", &d.ca), ("cert", &d.cert), ("key", &d.key)] {
+            if let Some(value) = value {
+                file(self, field, value);
+            }
+        }
+        for value in d.crl.iter().flatten() {
+            file(self, "crl", value);
+        }
     }
 
     fn daemon(&mut self, value: Option<toml::Value>) -> Daemon {
@@ -196,19 +294,28 @@ impl Context {
                 RawDaemon::default()
             }),
         };
-        let shutdown_timeout = match raw.shutdown_timeout {
-            None => DEFAULT_SHUTDOWN_TIMEOUT,
-            Some(s) => parse_duration(&s).unwrap_or_else(|e| {
-                self.problem(&DAEMON, Some("shutdown_timeout"), e);
-                DEFAULT_SHUTDOWN_TIMEOUT
-            }),
-        };
-        if raw.worker_threads == Some(0) {
-            self.problem(
+        let shutdown_timeout = self.duration(
+            &DAEMON,
+            "shutdown_timeout",
+            &raw.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            bounds::SHUTDOWN_TIMEOUT,
+        );
+        match raw.worker_threads {
+            Some(0) => self.problem(
                 &DAEMON,
                 Some("worker_threads"),
                 "must be at least 1 (leave it out for one per core)",
-            );
+            ),
+            Some(n) if n > bounds::WORKER_THREADS => self.problem(
+                &DAEMON,
+                Some("worker_threads"),
+                format!(
+                    "is {n}, more than the {} dctunnel starts (leave it out for one per core)",
+                    bounds::WORKER_THREADS
+                ),
+            ),
+            _ => {}
         }
         Daemon {
             shutdown_timeout,
@@ -272,7 +379,7 @@ impl Context {
 
     /// Every service that checks out, and the problems of the others,
     /// including names and listen addresses used twice.
-    fn services(&mut self, values: Vec<toml::Value>, defaults: &RawService) -> Vec<Arc<Service>> {
+    fn services(&mut self, values: Vec<toml::Value>, defaults: &Defaults) -> Vec<Arc<Service>> {
         let mut services: Vec<Arc<Service>> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for (index, value) in values.into_iter().enumerate() {
@@ -302,7 +409,7 @@ impl Context {
                     );
                 }
             }
-            let Some(service) = self.service(&label, raw.with_defaults(defaults)) else {
+            let Some(service) = self.service(&label, raw, defaults) else {
                 continue;
             };
             // Port 0 (any free port, for tests) never collides. The
@@ -328,8 +435,21 @@ impl Context {
     }
 
     /// One service, checked step by step; `None` if any step found a problem.
-    fn service(&mut self, label: &str, raw: RawService) -> Option<Service> {
-        let before = self.problems.len();
+    fn service(&mut self, label: &str, own: RawService, defaults: &Defaults) -> Option<Service> {
+        let raw = own.clone().with_defaults(&defaults.raw);
+        self.quiet = inherited(&own, &defaults.raw)
+            .into_iter()
+            .filter(|f| defaults.bad.contains(*f))
+            .map(str::to_owned)
+            .collect();
+        let service = self.service_with(label, &own, raw);
+        self.quiet.clear();
+        service
+    }
+
+    /// One service, `raw` with its defaults and `own` as written.
+    fn service_with(&mut self, label: &str, own: &RawService, raw: RawService) -> Option<Service> {
+        let before = self.found;
         let at = Location::Service(label.to_owned());
         let name = self.name(&at, label, &raw);
         let mode = raw.mode.or_else(|| {
@@ -345,14 +465,21 @@ impl Context {
             self.where_it_listens(&at, &raw, mode, listen, &allow_sources);
         }
         if let Some(mode) = mode {
-            self.keys_of_the_other_mode(&at, &raw, mode);
+            self.keys_of_the_other_mode(&at, own, mode);
         }
+        let files_problems = self.found;
         let files = self.tls_files(&at, &raw);
+        // Without its files (a key missing, a file name that did not
+        // expand), the TLS settings would only repeat that problem.
+        if self.found > files_problems {
+            return None;
+        }
+        let mut read = tls::Contents::new();
         let role = match mode? {
-            Mode::Server => self.server_role(&at, &raw, &files),
-            Mode::Client => self.client_role(&at, &raw, &files, &connect),
+            Mode::Server => self.server_role(&at, &raw, &files, &mut read),
+            Mode::Client => self.client_role(&at, &raw, &files, &connect, &mut read),
         };
-        if self.problems.len() > before {
+        if self.found > before {
             return None;
         }
         let (role, listen) = (role?, listen?);
@@ -368,7 +495,7 @@ impl Context {
             idle_timeout: timeouts.idle,
             proxy_protocol: raw.proxy_protocol,
             role,
-            fingerprint: Fingerprint::of(raw, &files),
+            fingerprint: Fingerprint::of(raw, read),
             files,
         })
     }
@@ -462,14 +589,22 @@ impl Context {
             "connect_timeout",
             &raw.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
+            bounds::TIMEOUT,
         );
         let handshake = self.duration(
             at,
             "handshake_timeout",
             &raw.handshake_timeout,
             DEFAULT_HANDSHAKE_TIMEOUT,
+            bounds::TIMEOUT,
         );
-        let idle = self.duration(at, "idle_timeout", &raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let idle = self.duration(
+            at,
+            "idle_timeout",
+            &raw.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            bounds::IDLE_TIMEOUT,
+        );
         for (field, value) in [
             ("connect_timeout", connect),
             ("handshake_timeout", handshake),
@@ -491,13 +626,25 @@ impl Context {
         field: &str,
         value: &Option<String>,
         default: Duration,
+        (most, most_written): (Duration, &str),
     ) -> Duration {
-        match value {
-            None => default,
-            Some(v) => parse_duration(v).unwrap_or_else(|e| {
+        let Some(v) = value else {
+            return default;
+        };
+        match parse_duration(v) {
+            Ok(d) if d > most => {
+                self.problem(
+                    at,
+                    Some(field),
+                    format!("{v:?} is longer than {most_written}, the most it may be"),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
                 self.problem(at, Some(field), e);
                 default
-            }),
+            }
         }
     }
 
@@ -507,8 +654,19 @@ impl Context {
             ("max_connections", raw.max_connections),
             ("max_connections_per_source", raw.max_connections_per_source),
         ] {
-            if value == Some(0) {
-                self.problem(at, Some(field), "is 0, which would refuse every connection");
+            match value {
+                Some(0) => {
+                    self.problem(at, Some(field), "is 0, which would refuse every connection")
+                }
+                Some(n) if n > bounds::CONNECTIONS => self.problem(
+                    at,
+                    Some(field),
+                    format!(
+                        "is {n}, more than {}, the most it may be",
+                        bounds::CONNECTIONS
+                    ),
+                ),
+                _ => {}
             }
         }
     }
@@ -550,6 +708,8 @@ impl Context {
 
     /// Keys that mean something in one mode only are refused in the other,
     /// rather than silently ignored.
+    /// Only the service's own keys count: a default meant for the services
+    /// of one mode does not make those of the other fail.
     fn keys_of_the_other_mode(&mut self, at: &Location, raw: &RawService, mode: Mode) {
         if mode == Mode::Client && raw.allow_peers.is_some() {
             self.problem(
@@ -615,7 +775,13 @@ impl Context {
     }
 
     /// Server mode: who may connect, and the TLS server settings.
-    fn server_role(&mut self, at: &Location, raw: &RawService, files: &TlsFiles) -> Option<Role> {
+    fn server_role(
+        &mut self,
+        at: &Location,
+        raw: &RawService,
+        files: &TlsFiles,
+        read: &mut tls::Contents,
+    ) -> Option<Role> {
         let peers = match &raw.allow_peers {
             None if files.peer_pins.is_empty() => {
                 self.problem(
@@ -632,7 +798,7 @@ impl Context {
                 .ok()?,
         };
         let peers = Arc::new(peers);
-        tls::server_config(files, peers.clone())
+        tls::server_config(files, peers.clone(), read)
             .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
             .ok()
             .map(|tls| Role::Server { tls, peers })
@@ -646,6 +812,7 @@ impl Context {
         raw: &RawService,
         files: &TlsFiles,
         connect: &[Target],
+        read: &mut tls::Contents,
     ) -> Option<Role> {
         let server_name = match (&raw.server_name, connect.first()) {
             (Some(name), _) => Some(name.clone()),
@@ -666,7 +833,7 @@ impl Context {
                 })
                 .ok()
         });
-        let tls = tls::client_config(files)
+        let tls = tls::client_config(files, read)
             .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
             .ok();
         Some(Role::Client {
@@ -690,4 +857,65 @@ impl Context {
             self.base.join(p)
         })
     }
+}
+
+/// The keys of a service that it leaves out and `[defaults]` sets.
+fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
+    let both = |own: bool, default: bool| !own && default;
+    [
+        ("ca", both(own.ca.is_some(), defaults.ca.is_some())),
+        ("cert", both(own.cert.is_some(), defaults.cert.is_some())),
+        ("key", both(own.key.is_some(), defaults.key.is_some())),
+        ("crl", both(own.crl.is_some(), defaults.crl.is_some())),
+        (
+            "peer_pins",
+            both(own.peer_pins.is_some(), defaults.peer_pins.is_some()),
+        ),
+        (
+            "allow_sources",
+            both(
+                own.allow_sources.is_some(),
+                defaults.allow_sources.is_some(),
+            ),
+        ),
+        (
+            "allow_peers",
+            both(own.allow_peers.is_some(), defaults.allow_peers.is_some()),
+        ),
+        (
+            "max_connections",
+            both(
+                own.max_connections.is_some(),
+                defaults.max_connections.is_some(),
+            ),
+        ),
+        (
+            "max_connections_per_source",
+            both(
+                own.max_connections_per_source.is_some(),
+                defaults.max_connections_per_source.is_some(),
+            ),
+        ),
+        (
+            "connect_timeout",
+            both(
+                own.connect_timeout.is_some(),
+                defaults.connect_timeout.is_some(),
+            ),
+        ),
+        (
+            "handshake_timeout",
+            both(
+                own.handshake_timeout.is_some(),
+                defaults.handshake_timeout.is_some(),
+            ),
+        ),
+        (
+            "idle_timeout",
+            both(own.idle_timeout.is_some(), defaults.idle_timeout.is_some()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(field, inherited)| inherited.then_some(field))
+    .collect()
 }

@@ -12,7 +12,10 @@
 //! - `problem`: what a step reports when it finds something wrong.
 //! - `values`: the strings of the file (durations, networks, targets) parsed.
 //! - `summary`: what `check` and the start-up log say about a service.
+//! - [`files`]: reading the files it names: regular files, size-bounded,
+//!   PEM strictly, never quoting their contents.
 
+pub mod files;
 mod load;
 mod problem;
 mod quote;
@@ -132,21 +135,11 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// Reads the files back for their contents; a file that cannot be read
-    /// now was readable a moment ago when the TLS settings were built, and
-    /// counts as empty (which only makes a reload see a change).
-    fn of(settings: raw::RawService, files: &TlsFiles) -> Fingerprint {
-        Fingerprint {
-            settings,
-            files: files
-                .all_paths()
-                .into_iter()
-                .map(|p| {
-                    let bytes = std::fs::read(&p).unwrap_or_default();
-                    (p, bytes)
-                })
-                .collect(),
-        }
+    /// `files`: what the TLS settings were built from, as read then (not
+    /// read again: a file renewed in between would otherwise count as
+    /// loaded, and the next reload would not see the change).
+    fn of(settings: raw::RawService, files: crate::tls::Contents) -> Fingerprint {
+        Fingerprint { settings, files }
     }
 }
 
@@ -224,29 +217,23 @@ mod tests {
     /// renewed in place (same path, same settings) is still a change.
     #[test]
     fn fingerprints_compare_settings_and_file_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("off2.pem");
-        std::fs::write(&cert, "first").unwrap();
-        let files = TlsFiles {
-            cert: Some(cert.clone()),
-            ..TlsFiles::default()
-        };
+        let cert = PathBuf::from("/etc/dctunnel/off2.pem");
+        let read = |contents: &str| vec![(cert.clone(), contents.as_bytes().to_vec())];
         let raw = raw::RawService {
             name: Some("redis".into()),
             cert: Some("off2.pem".into()),
             ..raw::RawService::default()
         };
-        let before = Fingerprint::of(raw.clone(), &files);
-        assert_eq!(before, Fingerprint::of(raw.clone(), &files));
+        let before = Fingerprint::of(raw.clone(), read("first"));
+        assert_eq!(before, Fingerprint::of(raw.clone(), read("first")));
 
         let other = raw::RawService {
             max_connections: Some(10),
             ..raw.clone()
         };
-        assert_ne!(before, Fingerprint::of(other, &files));
+        assert_ne!(before, Fingerprint::of(other, read("first")));
 
-        std::fs::write(&cert, "renewed").unwrap();
-        let after = Fingerprint::of(raw, &files);
+        let after = Fingerprint::of(raw, read("renewed"));
         assert_ne!(before, after);
         // Debug names the files, never their contents (the key is one).
         // "renewed" as a Vec<u8> would print as [114, 101, 110, ...].

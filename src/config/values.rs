@@ -12,6 +12,9 @@ use super::{Host, Target};
 impl Target {
     pub(super) fn parse(s: &str) -> Result<Target, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("{s:?}: port 0 is not a destination"));
+            }
             return Ok(Target {
                 host: Host::Ip(addr.ip()),
                 port: addr.port(),
@@ -62,8 +65,16 @@ pub(super) fn expand_env(value: &str) -> Result<String, String> {
             .find('}')
             .ok_or_else(|| format!("{value:?}: unclosed \"${{\""))?;
         let var = &after[..end];
-        let val = std::env::var(var)
-            .map_err(|_| format!("{value:?}: environment variable {var} is not set"))?;
+        let val = std::env::var(var).map_err(|_| {
+            if var == "CREDENTIALS_DIRECTORY" {
+                format!(
+                    "{value:?}: CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit with \
+                     LoadCredential=; run by hand, set it to the folder of the files"
+                )
+            } else {
+                format!("{value:?}: environment variable {var} is not set")
+            }
+        })?;
         out.push_str(&val);
         rest = &after[end + 1..];
     }
@@ -171,6 +182,9 @@ mod tests {
         assert_eq!(t.to_string(), "[2a06:c484:5::1]:16000");
         assert!(Target::parse("no-port").is_err());
         assert!(Target::parse("host:99999").is_err());
+        assert!(Target::parse("localhost:0").is_err());
+        assert!(Target::parse("127.0.0.1:0").is_err());
+        assert!(Target::parse("[::1]:0").is_err());
         assert!(Target::parse("bad_name!:80").is_err());
     }
 
