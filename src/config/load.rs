@@ -469,14 +469,21 @@ impl Context {
         }
         let files_problems = self.found;
         let files = self.tls_files(&at, &raw);
+        let files_missing = self.found > files_problems;
+        // Who may connect is said even when files are missing: a server
+        // section imported from stunnel lists both at once.
+        let peers = match mode {
+            Some(Mode::Server) => self.allowed_peers(&at, &raw, &files),
+            _ => None,
+        };
         // Without its files (a key missing, a file name that did not
         // expand), the TLS settings would only repeat that problem.
-        if self.found > files_problems {
+        if files_missing {
             return None;
         }
         let mut read = tls::Contents::new();
         let role = match mode? {
-            Mode::Server => self.server_role(&at, &raw, &files, &mut read),
+            Mode::Server => self.server_role(&at, peers?, &files, &mut read),
             Mode::Client => self.client_role(&at, &raw, &files, &connect, &mut read),
         };
         if self.found > before {
@@ -774,15 +781,14 @@ impl Context {
         files
     }
 
-    /// Server mode: who may connect, and the TLS server settings.
-    fn server_role(
+    /// Server mode: who may connect (names, or pins alone).
+    fn allowed_peers(
         &mut self,
         at: &Location,
         raw: &RawService,
         files: &TlsFiles,
-        read: &mut tls::Contents,
-    ) -> Option<Role> {
-        let peers = match &raw.allow_peers {
+    ) -> Option<PeerPolicy> {
+        match &raw.allow_peers {
             None if files.peer_pins.is_empty() => {
                 self.problem(
                     at,
@@ -790,13 +796,23 @@ impl Context {
                     "is required in server mode: list the certificate names that may connect, \
                      or write [\"*\"] to accept any certificate the CA signed",
                 );
-                return None;
+                None
             }
-            None => PeerPolicy::Any,
+            None => Some(PeerPolicy::Any),
             Some(list) => PeerPolicy::parse(list)
                 .map_err(|e| self.problem(at, Some("allow_peers"), e))
-                .ok()?,
-        };
+                .ok(),
+        }
+    }
+
+    /// Server mode: the TLS server settings for `peers`.
+    fn server_role(
+        &mut self,
+        at: &Location,
+        peers: PeerPolicy,
+        files: &TlsFiles,
+        read: &mut tls::Contents,
+    ) -> Option<Role> {
         let peers = Arc::new(peers);
         tls::server_config(files, peers.clone(), read)
             .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
