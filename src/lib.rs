@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML file, turned into checked settings, every problem named.
 //! - [`tls`]: rustls configurations, peer verification (CA, CRL, pins, allowed names).
 //! - [`service`]: the accept loop and the life of one connection.
+//! - [`connections`]: the live record of open connections, limits and counters.
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
@@ -28,6 +29,7 @@ pub mod assets;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod daemon;
 pub mod listeners;
