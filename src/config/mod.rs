@@ -201,13 +201,6 @@ impl fmt::Display for Target {
     }
 }
 
-/// An IPv4 client reaching an IPv6 wildcard socket shows up as
-/// `::ffff:a.b.c.d`; allowlists are written with the IPv4 form.
-// TODO(issue 15): remove once service.rs uses IpAddr::to_canonical
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
