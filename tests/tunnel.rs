@@ -593,7 +593,12 @@ async fn the_client_side_counts_a_refusal_by_the_remote() {
         plain.rejected(Rejection::HandshakeFailed) == 1
     })
     .await;
+    // The server side counts its refusal once its alert is sent, which
+    // may come after the client side has seen it.
     let tls = t.daemon.state("tls").unwrap();
-    assert_eq!(tls.rejected(Rejection::PeerNotAllowed), 1);
+    eventually("server side counted the refusal", || {
+        tls.rejected(Rejection::PeerNotAllowed) == 1
+    })
+    .await;
     t.daemon.shutdown().await;
 }
