@@ -1,6 +1,8 @@
 //! dctunnel carries plaintext TCP services between hosts inside mutual TLS.
 //!
 //! - [`config`]: the TOML file, turned into checked settings, every problem named.
+//! - [`files`]: reading the files a configuration names: regular files only,
+//!   bounded, PEM read strictly, no content ever quoted in a message.
 //! - [`tls`]: rustls configurations, peer verification (CA, CRL, pins, allowed names).
 //! - [`service`]: the accept loop and the life of one connection.
 //! - [`connections`]: the live record of open connections, limits and counters.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod connections;
 pub mod control;
 pub mod daemon;
+pub mod files;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

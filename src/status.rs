@@ -136,7 +136,9 @@ pub fn admin_address(path: &Path) -> Result<SocketAddr, StatusError> {
         path: path.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let bytes =
+        crate::files::read(path, crate::files::CONFIG_LIMIT).map_err(|e| problem(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
     let listen = match toml::from_str::<toml::Table>(&text) {
         Ok(table) => match table.get("admin").and_then(|a| a.get("listen")) {
             Some(toml::Value::String(s)) => s.clone(),

@@ -20,7 +20,7 @@ use rustls::{
     SupportedCipherSuite,
 };
 
-use crate::config::files;
+use crate::files;
 use crate::x509;
 
 /// The TLS-related settings of one service, as paths and flags.

@@ -83,3 +83,47 @@ async fn status_works_with_a_broken_file_by_hand_and_as_json() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(), Some(0));
 }
+
+/// A FIFO given as the file to read is refused at once, naming it, by
+/// `status` and `import-stunnel` too (they read files as `check` does).
+#[test]
+fn status_and_import_refuse_a_fifo_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.conf");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo = fifo.to_str().unwrap();
+    for args in [
+        vec!["status", "--config", fifo],
+        vec!["import-stunnel", fifo],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut exited = None;
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let Some(status) = exited else {
+            let _ = child.kill();
+            panic!("{args:?} blocked on a FIFO");
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{args:?}");
+        assert!(
+            err.contains("is a FIFO, not a regular file"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -11,11 +11,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::files;
 use super::problem::{ConfigError, Location, Problem};
 use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawService};
 use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
 use super::{Config, Fingerprint, Host, Mode, Role, Service, Target};
+use crate::files;
 use crate::tls::{self, PeerPolicy, TlsFiles};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,7 +15,6 @@
 //! - [`files`]: reading the files it names: regular files, size-bounded,
 //!   PEM strictly, never quoting their contents.
 
-pub mod files;
 mod load;
 mod problem;
 mod quote;

@@ -84,7 +84,8 @@ pub fn main(args: ImportArgs) -> ExitCode {
 
 /// Reads and parses `path`, including directories relative to its own.
 fn load(path: &Path) -> Result<StunnelConfig, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::files::read(path, crate::files::CONFIG_LIMIT)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes);
     let base = path.parent().unwrap_or(Path::new(""));
     parse(

@@ -160,8 +160,12 @@ impl IncludeResolver for DirIncludes {
         paths
             .into_iter()
             .map(|(_, path)| {
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                let bytes = crate::files::read(&path, crate::files::CONFIG_LIMIT).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
                 Ok(SourceFile {
                     name: path.display().to_string(),
                     text: String::from_utf8_lossy(&bytes).into_owned(),
