@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -77,6 +77,8 @@ pub struct ServiceState {
     /// TLS handshakes that resumed an earlier session (no certificate
     /// exchange, cheaper).
     pub resumed: AtomicU64,
+    /// A client sent an IP address as TLS server name: told once, at debug.
+    pub ip_sni_seen: AtomicBool,
     rejected: [AtomicU64; Rejection::ALL.len()],
     /// Bytes of connections already closed (open ones are in their meters).
     closed_up: AtomicU64,
@@ -111,6 +113,7 @@ impl Default for ServiceState {
             next_id: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            ip_sni_seen: AtomicBool::new(false),
             rejected: Default::default(),
             closed_up: AtomicU64::new(0),
             closed_down: AtomicU64::new(0),

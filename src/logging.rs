@@ -82,6 +82,12 @@ pub fn filter(value: Option<&str>) -> Result<EnvFilter, LevelError> {
     let ours = ours.unwrap_or(LevelFilter::INFO);
     let libraries = ours.min(LevelFilter::WARN);
     let mut spec = format!("{libraries},dctunnel={ours}");
+    // rustls's warnings (an IP address as SNI, an alert sent) come once
+    // per connection without saying which; the connection's own line says
+    // what failed, with its service, source and peer.
+    if !directives.iter().any(|d| d.starts_with("rustls")) {
+        spec.push_str(&format!(",rustls={}", ours.min(LevelFilter::ERROR)));
+    }
     for d in directives {
         spec.push(',');
         spec.push_str(&d);
@@ -141,7 +147,7 @@ mod tests {
     fn libraries_stay_quiet_unless_named() {
         let f = shown("debug");
         assert!(f.contains("dctunnel=debug") && f.contains("warn"), "{f}");
-        assert!(!f.contains("rustls"), "{f}");
+        assert!(f.contains("rustls=error"), "{f}");
         let f = shown("debug,rustls=debug");
         assert!(f.contains("rustls=debug"), "{f}");
         let f = shown("info,dctunnel=debug");

@@ -65,7 +65,10 @@ pub async fn accept_loop(serve: Serve) {
             r = listener.accept() => r,
         };
         let (tcp, source) = match accepted {
-            Ok(a) => a,
+            // An IPv4 client on a dual-stack (`[::]`) listener arrives as
+            // ::ffff:a.b.c.d; it is a.b.c.d, in logs, in /connections and
+            // against allow_sources.
+            Ok((tcp, s)) => (tcp, SocketAddr::new(s.ip().to_canonical(), s.port())),
             Err(e) => {
                 // EMFILE/ENFILE and the like: the pending connection stays
                 // in the backlog, so retrying at once would spin.
@@ -116,7 +119,7 @@ async fn connection(
         end = handle(tcp, &service, &guard) => end,
         () = close_all.cancelled() => Err(ConnError::new(Phase::Shutdown, Cause::ShutdownDeadline)),
     };
-    log_end(&guard, end);
+    log_end(&service, &guard, end);
 }
 
 /// A connection from accept to the end of forwarding.
@@ -126,7 +129,13 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) -> Result<
         Role::Server { tls, peers } => {
             // Taken now: the handshake consumes the socket.
             let local = tcp.local_addr();
-            let accept = TlsAcceptor::from(tls.clone()).accept(tcp);
+            let acceptor = TlsAcceptor::from(tls.clone());
+            let accept = async move {
+                if !guard.state.ip_sni_seen.load(Ordering::Relaxed) {
+                    note_ip_sni(&tcp, service, guard).await;
+                }
+                acceptor.accept(tcp).await
+            };
             let (tls, ids) = handshake(Phase::Handshake, service, guard, Box::pin(accept)).await?;
             // The verifier already checked this; a resumed session skips
             // the verifier, so check again against the current list.
@@ -205,6 +214,29 @@ where
     Ok((stream, ids))
 }
 
+/// Logs, once per service and at debug, a client that sends an IP address
+/// as its TLS server name (SNI). stunnel does (it sends its `connect`
+/// host); RFC 6066 allows only names there, so rustls ignores it, as if
+/// no name had been sent: harmless, and not worth a line per connection.
+///
+/// Reads the ClientHello without consuming it, before the handshake does;
+/// once a service has logged it, its connections skip this.
+async fn note_ip_sni(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
+    // On the heap and only for this look: the connection's task keeps
+    // no buffer. A ClientHello with its server name first fits easily.
+    let mut hello = vec![0; 2048];
+    let Ok(n) = tcp.peek(&mut hello).await else {
+        return; // The handshake meets the same error and reports it.
+    };
+    if let Some(ip) = tls::ip_sni(&hello[..n]) {
+        if !guard.state.ip_sni_seen.swap(true, Ordering::Relaxed) {
+            debug!(service = %service.name, sni = %ip,
+                "a client sends an IP address as TLS server name (SNI), as stunnel does; \
+                 ignored (told once per service)");
+        }
+    }
+}
+
 /// Connects to the service's backend (server mode) or remote (client
 /// mode), timing it and noting the address.
 async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, ConnError> {
@@ -270,7 +302,10 @@ where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let meter = &guard.info.meter;
-    debug!(remote = ?guard.info.remote.get(), "connection open");
+    debug!(
+        remote = guard.info.remote.get().map(tracing::field::display),
+        "connection open"
+    );
     let end = proxy::pipe(client, other, meter, service.idle_timeout).await;
     guard
         .state
@@ -283,11 +318,26 @@ where
     }
 }
 
+/// A warning about one connection. Its context goes on the event itself,
+/// not only in the connection's span: that span is at info, so at
+/// `DCTUNNEL_LOG=warning` it is filtered out with its fields, and the line
+/// must still say which service, source and peer it is about.
+macro_rules! conn_warn {
+    ($service:expr, $info:expr, $($rest:tt)+) => {
+        warn!(
+            service = %$service.name,
+            source = %$info.source,
+            peer = $info.peer.get().map(String::as_str),
+            $($rest)+
+        )
+    };
+}
+
 /// Logs how a connection ended, with its close reason, and counts
 /// refusals. Graded as an operator needs it: ordinary ends at debug,
 /// refusals and unusual ends at info, an unreachable backend (something to
 /// fix) at warn.
-fn log_end(guard: &ConnGuard, end: Result<(), ConnError>) {
+fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
     let m = &guard.info.meter;
     let (up, down, duration) = (m.up(), m.down(), m.elapsed());
     let e = match end {
@@ -305,22 +355,40 @@ fn log_end(guard: &ConnGuard, end: Result<(), ConnError>) {
     if let Some(why) = e.rejection() {
         guard.state.reject(why);
         match why {
-            Rejection::BackendConnectFailed => warn!(reason = %why, "connection closed: {e}"),
+            Rejection::BackendConnectFailed => {
+                conn_warn!(service, guard.info, reason = %why, "connection closed: {e}")
+            }
             _ => info!(reason = %why, "connection refused: {e}"),
         }
         return;
     }
+    let client = matches!(service.role, Role::Client { .. });
     match &e.cause {
+        Cause::Io(err) if client && down == 0 && is_silent_close(err) => {
+            // The remote (a server-mode end) accepted the handshake, then
+            // closed without a byte: what it does when its backend cannot
+            // be reached, or when a resumed session's identity is no
+            // longer allowed. Its log says which; this side must at least
+            // show it at info, not as an ordinary close.
+            info!(up, ?duration, error = %err,
+                "connection closed by the remote before it sent any byte: its backend may be \
+                 down, or it refused this connection after the handshake; see the remote's log")
+        }
         Cause::Io(err) if is_ordinary(err) => {
             debug!(up, down, ?duration, error = %err, "connection closed by a peer")
         }
-        Cause::Io(err) if down == 0 && is_alert(err) => {
+        Cause::Io(err) if down == 0 && alert(err).is_some() => {
             // In TLS 1.3 a client finishes its handshake before the server
             // has judged its certificate: a refusal arrives as an alert on
             // the first read. Count it as the refusal it is.
             guard.state.reject(Rejection::HandshakeFailed);
-            info!(up, ?duration, error = %err, reason = %Rejection::HandshakeFailed,
-                "connection refused by the remote");
+            match alert(err).and_then(tls::refusal_hint).filter(|_| client) {
+                Some(hint) => info!(up, ?duration, error = %err,
+                    reason = %Rejection::HandshakeFailed,
+                    "connection refused by the remote: probably {hint}; see the remote's log"),
+                None => info!(up, ?duration, error = %err,
+                    reason = %Rejection::HandshakeFailed, "connection refused by the remote"),
+            }
         }
         Cause::Io(err) => info!(up, down, ?duration, error = %err, "connection closed on error"),
         // Idle, or closed at the shutdown deadline.
@@ -415,7 +483,32 @@ impl fmt::Display for ConnError {
                 .write_str(
                     "peer identity not in allow_peers (see peer= for the names it presented)",
                 ),
+            (Phase::Handshake, Cause::Io(e)) => match rustls_error(e).and_then(tls::pin_mismatch) {
+                Some(pin) => write!(f, "TLS handshake failed: {pin}"),
+                None => write!(f, "TLS handshake failed: {cause}"),
+            },
             (Phase::Handshake, _) => write!(f, "TLS handshake failed: {cause}"),
+            (Phase::RemoteHandshake, Cause::Io(e)) => {
+                f.write_str("TLS handshake with the remote failed: ")?;
+                if let Some(pin) = rustls_error(e).and_then(tls::pin_mismatch) {
+                    return write!(f, "{pin}");
+                }
+                write!(f, "{cause}")?;
+                if let Some(hint) = alert(e).and_then(tls::refusal_hint) {
+                    write!(f, "; probably {hint}; see the remote's log")
+                } else if is_silent_close(e) {
+                    // The remote closed before the handshake ended, without
+                    // an alert: what a dctunnel server does to a source
+                    // that allow_sources or a limit turns away.
+                    f.write_str(
+                        "; the remote closed the connection before the handshake: it probably \
+                         refused this host's source address (allow_sources) or is at a \
+                         connection limit; see the remote's log",
+                    )
+                } else {
+                    Ok(())
+                }
+            }
             (Phase::RemoteHandshake, _) => {
                 write!(f, "TLS handshake with the remote failed: {cause}")
             }
@@ -461,12 +554,26 @@ fn handshake_rejection(e: &io::Error) -> Rejection {
     }
 }
 
-/// Whether the peer ended the connection with a fatal TLS alert.
-fn is_alert(e: &io::Error) -> bool {
+/// The rustls error inside an I/O error of a TLS stream, if any.
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// The fatal TLS alert the peer ended the connection with, if it did.
+fn alert(e: &io::Error) -> Option<rustls::AlertDescription> {
+    match rustls_error(e) {
+        Some(rustls::Error::AlertReceived(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+/// A close without a word: end of stream without close_notify or alert,
+/// or a reset (a socket closed with bytes unread resets).
+fn is_silent_close(e: &io::Error) -> bool {
     matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::AlertReceived(_))
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
     )
 }
 
@@ -487,11 +594,8 @@ fn is_ordinary(e: &io::Error) -> bool {
 /// connection works without them, so a failure is logged, not fatal.
 fn set_socket_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
     let failed = |option: &str, e: io::Error| {
-        // On the event itself, not only in the span: warnings must say
-        // which connection they are about even when spans are filtered.
-        warn!(service = %service.name, source = %guard.info.source,
-            peer = guard.info.peer.get().map(String::as_str),
-            address = ?tcp.peer_addr().ok(), error = %e,
+        conn_warn!(service, guard.info,
+            address = tcp.peer_addr().ok().map(tracing::field::display), error = %e,
             "cannot set {option} on a connection");
     };
     if let Err(e) = tcp.set_nodelay(true) {

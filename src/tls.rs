@@ -649,6 +649,107 @@ fn own_identity(
 /// identity is not one the service accepts.
 pub const IDENTITY_REFUSED: CertificateError = CertificateError::ApplicationVerificationFailure;
 
+/// A peer's key that is not one of `peer_pins`: carried inside rustls's
+/// error (as `CertificateError::Other`) to the connection's log line.
+#[derive(Debug, thiserror::Error)]
+#[error("peer key not in peer_pins (its pin is {pin})")]
+pub struct PinMismatch {
+    pub pin: String,
+}
+
+/// The pin mismatch inside a handshake error, if that is what it is.
+pub fn pin_mismatch(e: &rustls::Error) -> Option<&PinMismatch> {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PinMismatch>()
+        }
+        _ => None,
+    }
+}
+
+/// What a fatal alert from the remote (the TLS server a client-mode
+/// service connects to) most likely says it refused, for the log line of
+/// the client side. The remote's own log has the certain answer.
+pub fn refusal_hint(alert: rustls::AlertDescription) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    Some(match alert {
+        A::AccessDenied => "the remote refused this host's identity (not in its allow_peers)",
+        A::CertificateUnknown => {
+            "the remote refused this host's certificate (its key is not in the remote's \
+             peer_pins, or the certificate is unacceptable there)"
+        }
+        A::UnknownCA => {
+            "the remote does not trust the CA that signed this host's certificate (or cannot \
+             check its revocation)"
+        }
+        A::BadCertificate | A::UnsupportedCertificate => {
+            "the remote refused this host's certificate as invalid"
+        }
+        A::CertificateExpired => {
+            "the remote says this host's certificate has expired or is not yet valid"
+        }
+        A::CertificateRevoked => "the remote says this host's certificate is revoked",
+        A::CertificateRequired => "the remote requires a client certificate and got none",
+        A::ProtocolVersion => "no TLS version in common with the remote (see tls12)",
+        A::HandshakeFailure | A::InsufficientSecurity => {
+            "the remote found nothing in common with this host (TLS version, cipher suite, or \
+             a certificate where it expects a pre-shared key)"
+        }
+        _ => return None,
+    })
+}
+
+/// The server name of a TLS ClientHello when it is an IP address, which
+/// RFC 6066 forbids and stunnel sends anyway. `hello` is the start of the
+/// stream, possibly cut short: what is missing counts as no such name.
+pub fn ip_sni(hello: &[u8]) -> Option<std::net::IpAddr> {
+    /// Splits `n` bytes off the front.
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn u8_len(b: &mut &[u8]) -> Option<usize> {
+        take(b, 1).map(|v| usize::from(v[0]))
+    }
+    fn u16_len(b: &mut &[u8]) -> Option<usize> {
+        take(b, 2).map(|v| usize::from(u16::from_be_bytes([v[0], v[1]])))
+    }
+    let mut b = hello;
+    // Record header: handshake (22), version, length.
+    if take(&mut b, 5)?[0] != 22 {
+        return None;
+    }
+    // Handshake header: ClientHello (1), 24-bit length.
+    if take(&mut b, 4)?[0] != 1 {
+        return None;
+    }
+    take(&mut b, 2 + 32)?; // version, random
+    let n = u8_len(&mut b)?; // session id
+    take(&mut b, n)?;
+    let n = u16_len(&mut b)?; // cipher suites
+    take(&mut b, n)?;
+    let n = u8_len(&mut b)?; // compression methods
+    take(&mut b, n)?;
+    u16_len(&mut b)?; // extensions' total length
+    loop {
+        let kind = u16_len(&mut b)?;
+        let n = u16_len(&mut b)?;
+        let mut ext = take(&mut b, n)?;
+        if kind != 0 {
+            continue;
+        }
+        // server_name: list length, then name type 0 (host_name) and name.
+        u16_len(&mut ext)?;
+        if u8_len(&mut ext)? != 0 {
+            return None;
+        }
+        let n = u16_len(&mut ext)?;
+        let name = std::str::from_utf8(take(&mut ext, n)?).ok()?;
+        return name.parse().ok();
+    }
+}
+
 /// What both directions check besides the chain: the key pins (and, with
 /// no CA to check them, the dates) and the handshake signatures. Signatures
 /// are always checked with the provider's algorithms, so a peer that shows a
@@ -671,7 +772,10 @@ impl PinCheck {
         }
         let pin = x509::spki_pin(end_entity).map_err(|_| CertificateError::BadEncoding)?;
         if !self.pins.contains(&pin) {
-            return Err(CertificateError::UnknownIssuer.into());
+            // Not `UnknownIssuer`: the log would then speak of a CA where
+            // there is none, and hide the pin the operator needs to see.
+            let mismatch = PinMismatch { pin };
+            return Err(CertificateError::Other(rustls::OtherError(Arc::new(mismatch))).into());
         }
         if !chain_checked {
             if let Some(problem) = x509::validity_problem(end_entity) {
@@ -890,6 +994,58 @@ mod tests {
         assert!(PeerPolicy::parse(&[]).is_err());
         assert!(PeerPolicy::parse(&names(&["*", "a"])).is_err());
         assert!(PeerPolicy::parse(&names(&["a.*.b"])).is_err());
+    }
+
+    /// A ClientHello record with these extensions (type, body).
+    fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut exts = Vec::new();
+        for (kind, body) in extensions {
+            exts.extend(kind.to_be_bytes());
+            exts.extend((body.len() as u16).to_be_bytes());
+            exts.extend(body);
+        }
+        let mut hs = vec![3, 3];
+        hs.extend([7; 32]); // random
+        hs.extend([4, 1, 2, 3, 4]); // session id
+        hs.extend([0, 2, 0x13, 0x01]); // one cipher suite
+        hs.extend([1, 0]); // null compression
+        hs.extend((exts.len() as u16).to_be_bytes());
+        hs.extend(exts);
+        let mut msg = vec![1, 0];
+        msg.extend((hs.len() as u16).to_be_bytes());
+        msg.extend(hs);
+        let mut record = vec![22, 3, 1];
+        record.extend((msg.len() as u16).to_be_bytes());
+        record.extend(msg);
+        record
+    }
+
+    fn sni(name: &str) -> (u16, Vec<u8>) {
+        let mut body = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+        body.push(0);
+        body.extend((name.len() as u16).to_be_bytes());
+        body.extend(name.as_bytes());
+        (0, body)
+    }
+
+    #[test]
+    fn an_ip_address_sent_as_server_name_is_found() {
+        let other = (10, vec![0, 2, 0, 29]); // supported_groups
+        let hello = client_hello(&[other.clone(), sni("10.99.0.3")]);
+        assert_eq!(ip_sni(&hello), Some("10.99.0.3".parse().unwrap()));
+        let hello = client_hello(&[sni("2a06:c484:5::102")]);
+        assert_eq!(ip_sni(&hello), Some("2a06:c484:5::102".parse().unwrap()));
+        // A name, no server_name at all, something else, or cut short.
+        assert_eq!(
+            ip_sni(&client_hello(&[sni("off2.openfoodfacts.org")])),
+            None
+        );
+        assert_eq!(ip_sni(&client_hello(&[other])), None);
+        assert_eq!(ip_sni(b"EHLO example.org\r\n"), None);
+        let hello = client_hello(&[sni("10.99.0.3")]);
+        for cut in 0..hello.len() {
+            assert_eq!(ip_sni(&hello[..cut]), None, "{cut}");
+        }
     }
 
     #[test]

@@ -78,6 +78,54 @@ async fn dctunnel_client_to_stunnel_server_carries_data_both_ways() {
     assert_eq!(reached.load(Ordering::SeqCst), 2);
 }
 
+/// stunnel sends its `connect` host as SNI, an IP address when that is one
+/// (RFC 6066 allows only names): dctunnel ignores it and says so once per
+/// service at debug, not as a warning on every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_as_sni_is_told_once_at_debug() {
+    let pki = Pki::new("CA");
+    let (server, client) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let peers = format!("[\"{CLIENT}\"]");
+    let mut dc = start_dctunnel(
+        &dir,
+        &dctunnel_server("mongodb", backend, &pki.ca_pem, &server, &peers),
+    );
+    let mongodb = dc.listening("mongodb");
+    let stunnel = Stunnel::start(&format!(
+        "[mongodb]\nclient = yes\naccept = 127.0.0.1:0\nconnect = {mongodb}\n\
+         CAfile = {ca}\ncert = {cert}\nkey = {key}\nverifyChain = yes\n\
+         checkHost = {SERVER}\nsni = {ip}\n\n",
+        ip = mongodb.ip(),
+        ca = pki.ca_pem.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    ));
+    let entrance = stunnel.address("mongodb");
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(entrance).await.unwrap();
+        assert_eq!(roundtrip(&mut conn, b"PING\r\n").await, b"PING\r\n");
+        drop(conn);
+        dc.wait_for("connection closed");
+    }
+    let told: Vec<_> = dc
+        .seen
+        .iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("IP address as TLS server name")
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{:#?}", dc.seen);
+    assert_eq!(told[0]["level"], "DEBUG", "{}", told[0]);
+    assert_eq!(told[0]["fields"]["sni"], "127.0.0.1", "{}", told[0]);
+    let warnings: Vec<_> = dc.seen.iter().filter(|v| v["level"] == "WARN").collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
 /// A stunnel client-mode section (`checkHost` = our server's name) in front
 /// of a dctunnel server-mode service: a bulk transfer both ways with a
 /// half-close while the reply is in flight, request/response on a resumed

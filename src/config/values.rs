@@ -117,6 +117,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub(super) fn parse_source(s: &str) -> Result<IpNet, String> {
+    let net = parse_net(s)?;
+    // An IPv4 client on a dual-stack listener is matched as the IPv4
+    // address it is, so an entry in the mapped form would match nobody.
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            let v4 = IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net);
+            return Err(format!(
+                "{s:?} is an IPv4 source written as IPv6; IPv4 clients are matched by their \
+                 IPv4 address, even on an IPv6 listener: write \"{v4}\""
+            ));
+        }
+    }
+    Ok(net)
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
     if let Ok(net) = s.parse::<IpNet>() {
         if net != net.trunc() {
             return Err(format!(
@@ -227,6 +243,13 @@ mod tests {
         );
         assert!(parse_source("2a06:c484:5::/48").is_ok());
         assert!(parse_source("nonsense").is_err());
+        let e = parse_source("::ffff:10.99.0.3/128").unwrap_err();
+        assert!(e.contains("write \"10.99.0.3/32\""), "{e}");
+        let e = parse_source("::ffff:10.99.0.0/120").unwrap_err();
+        assert!(e.contains("write \"10.99.0.0/24\""), "{e}");
+        let e = parse_source("::ffff:10.99.0.3").unwrap_err();
+        assert!(e.contains("write \"10.99.0.3/32\""), "{e}");
+        assert!(parse_source("::/0").is_ok());
     }
 
     #[test]
