@@ -79,16 +79,18 @@ pub async fn accept_loop(serve: Serve) {
         };
         let service = settings.borrow().clone();
         if !service.source_allowed(source.ip()) {
-            info!(service = %service.name, %source, "connection refused: source not in allow_sources");
-            state.reject(Rejection::SourceNotAllowed);
+            if state.refuse(&service.name, source.ip(), Rejection::SourceNotAllowed) {
+                info!(service = %service.name, %source, "connection refused: source not in allow_sources");
+            }
             continue;
         }
         let Some(guard) = state.admit(&service, source) else {
-            info!(service = %service.name, %source, active = state.active(),
-                max_connections = service.max_connections,
-                max_connections_per_source = service.max_connections_per_source,
-                "connection refused: connection limit reached");
-            state.reject(Rejection::LimitReached);
+            if state.refuse(&service.name, source.ip(), Rejection::LimitReached) {
+                info!(service = %service.name, %source, active = state.active(),
+                    max_connections = service.max_connections,
+                    max_connections_per_source = service.max_connections_per_source,
+                    "connection refused: connection limit reached");
+            }
             continue;
         };
         state.accepted.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +118,7 @@ async fn connection(
         end = handle(tcp, &service, &guard) => end,
         () = close_all.cancelled() => Err(ConnError::new(Phase::Shutdown, Cause::ShutdownDeadline)),
     };
-    log_end(&guard, end);
+    log_end(&guard, &service.name, end);
 }
 
 /// A connection from accept to the end of forwarding.
@@ -286,8 +288,8 @@ where
 /// Logs how a connection ended, with its close reason, and counts
 /// refusals. Graded as an operator needs it: ordinary ends at debug,
 /// refusals and unusual ends at info, an unreachable backend (something to
-/// fix) at warn.
-fn log_end(guard: &ConnGuard, end: Result<(), ConnError>) {
+/// fix) at warn. Repeated refusals are summarised (see [`crate::refusals`]).
+fn log_end(guard: &ConnGuard, service: &str, end: Result<(), ConnError>) {
     let m = &guard.info.meter;
     let (up, down, duration) = (m.up(), m.down(), m.elapsed());
     let e = match end {
@@ -302,8 +304,11 @@ fn log_end(guard: &ConnGuard, end: Result<(), ConnError>) {
         }
         Err(e) => e,
     };
+    let source = guard.info.source.ip();
     if let Some(why) = e.rejection() {
-        guard.state.reject(why);
+        if !guard.state.refuse(service, source, why) {
+            return;
+        }
         match why {
             Rejection::BackendConnectFailed => warn!(reason = %why, "connection closed: {e}"),
             _ => info!(reason = %why, "connection refused: {e}"),
@@ -318,9 +323,13 @@ fn log_end(guard: &ConnGuard, end: Result<(), ConnError>) {
             // In TLS 1.3 a client finishes its handshake before the server
             // has judged its certificate: a refusal arrives as an alert on
             // the first read. Count it as the refusal it is.
-            guard.state.reject(Rejection::HandshakeFailed);
-            info!(up, ?duration, error = %err, reason = %Rejection::HandshakeFailed,
-                "connection refused by the remote");
+            if guard
+                .state
+                .refuse(service, source, Rejection::HandshakeFailed)
+            {
+                info!(up, ?duration, error = %err, reason = %Rejection::HandshakeFailed,
+                    "connection refused by the remote");
+            }
         }
         Cause::Io(err) => info!(up, down, ?duration, error = %err, "connection closed on error"),
         // Idle, or closed at the shutdown deadline.
