@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::Service;
 use crate::proxy::Meter;
+use crate::refusals::Refusals;
 
 /// Why a connection was turned away before any byte was forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +81,8 @@ pub struct ServiceState {
     /// A client sent an IP address as TLS server name: told once, at debug.
     pub ip_sni_seen: AtomicBool,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// What of the refusals gets logged: the counts above stay exact.
+    refusals: Arc<Refusals>,
     /// Bytes of connections already closed (open ones are in their meters).
     closed_up: AtomicU64,
     closed_down: AtomicU64,
@@ -115,6 +118,7 @@ impl Default for ServiceState {
             resumed: AtomicU64::new(0),
             ip_sni_seen: AtomicBool::new(false),
             rejected: Default::default(),
+            refusals: Arc::default(),
             closed_up: AtomicU64::new(0),
             closed_down: AtomicU64::new(0),
             handshake_seconds: Histogram::new(fast),
@@ -136,8 +140,12 @@ impl ServiceState {
         self.rejected[r as usize].load(Ordering::Relaxed)
     }
 
-    pub(crate) fn reject(&self, r: Rejection) {
+    /// Counts a refusal of `service` from `source`, and says whether to
+    /// log it in full or leave it to a summary line (see [`Refusals`]).
+    #[must_use = "the refusal is logged only if this says so"]
+    pub(crate) fn refuse(&self, service: &str, source: IpAddr, r: Rejection) -> bool {
         self.rejected[r as usize].fetch_add(1, Ordering::Relaxed);
+        self.refusals.note(service, source, r)
     }
 
     /// Bytes moved so far, (towards the backend, back to clients), open

@@ -6,6 +6,7 @@
 //! - [`tls`]: rustls configurations, peer verification (CA, CRL, pins, allowed names).
 //! - [`service`]: the accept loop and the life of one connection.
 //! - [`connections`]: the live record of open connections, limits and counters.
+//! - [`refusals`]: summarises repeated refusals in the log.
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
@@ -42,6 +43,7 @@ pub mod output;
 pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod refusals;
 pub mod service;
 pub mod status;
 pub mod stunnel;

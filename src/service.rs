@@ -82,16 +82,18 @@ pub async fn accept_loop(serve: Serve) {
         };
         let service = settings.borrow().clone();
         if !service.source_allowed(source.ip()) {
-            info!(service = %service.name, %source, "connection refused: source not in allow_sources");
-            state.reject(Rejection::SourceNotAllowed);
+            if state.refuse(&service.name, source.ip(), Rejection::SourceNotAllowed) {
+                info!(service = %service.name, %source, "connection refused: source not in allow_sources");
+            }
             continue;
         }
         let Some(guard) = state.admit(&service, source) else {
-            info!(service = %service.name, %source, active = state.active(),
-                max_connections = service.max_connections,
-                max_connections_per_source = service.max_connections_per_source,
-                "connection refused: connection limit reached");
-            state.reject(Rejection::LimitReached);
+            if state.refuse(&service.name, source.ip(), Rejection::LimitReached) {
+                info!(service = %service.name, %source, active = state.active(),
+                    max_connections = service.max_connections,
+                    max_connections_per_source = service.max_connections_per_source,
+                    "connection refused: connection limit reached");
+            }
             continue;
         };
         state.accepted.fetch_add(1, Ordering::Relaxed);
@@ -336,7 +338,7 @@ macro_rules! conn_warn {
 /// Logs how a connection ended, with its close reason, and counts
 /// refusals. Graded as an operator needs it: ordinary ends at debug,
 /// refusals and unusual ends at info, an unreachable backend (something to
-/// fix) at warn.
+/// fix) at warn. Repeated refusals are summarised (see [`crate::refusals`]).
 fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
     let m = &guard.info.meter;
     let (up, down, duration) = (m.up(), m.down(), m.elapsed());
@@ -352,8 +354,11 @@ fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
         }
         Err(e) => e,
     };
+    let source = guard.info.source.ip();
     if let Some(why) = e.rejection() {
-        guard.state.reject(why);
+        if !guard.state.refuse(&service.name, source, why) {
+            return;
+        }
         match why {
             Rejection::BackendConnectFailed => {
                 conn_warn!(service, guard.info, reason = %why, "connection closed: {e}")
@@ -381,13 +386,17 @@ fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
             // In TLS 1.3 a client finishes its handshake before the server
             // has judged its certificate: a refusal arrives as an alert on
             // the first read. Count it as the refusal it is.
-            guard.state.reject(Rejection::HandshakeFailed);
-            match alert(err).and_then(tls::refusal_hint).filter(|_| client) {
-                Some(hint) => info!(up, ?duration, error = %err,
-                    reason = %Rejection::HandshakeFailed,
-                    "connection refused by the remote: probably {hint}; see the remote's log"),
-                None => info!(up, ?duration, error = %err,
-                    reason = %Rejection::HandshakeFailed, "connection refused by the remote"),
+            if guard
+                .state
+                .refuse(&service.name, source, Rejection::HandshakeFailed)
+            {
+                match alert(err).and_then(tls::refusal_hint).filter(|_| client) {
+                    Some(hint) => info!(up, ?duration, error = %err,
+                        reason = %Rejection::HandshakeFailed,
+                        "connection refused by the remote: probably {hint}; see the remote's log"),
+                    None => info!(up, ?duration, error = %err,
+                        reason = %Rejection::HandshakeFailed, "connection refused by the remote"),
+                }
             }
         }
         Cause::Io(err) => info!(up, down, ?duration, error = %err, "connection closed on error"),
