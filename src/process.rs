@@ -27,21 +27,7 @@ pub fn main(path: &Path, control: Option<&Path>) -> ExitCode {
         }
     };
     systemd::raise_nofile_limit();
-    // One thread: no cross-thread wake-ups, the lowest latency when the
-    // machine is shared; several: handshakes and streams on every core.
-    let runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match runtime(config.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -62,6 +48,24 @@ pub fn main(path: &Path, control: Option<&Path>) -> ExitCode {
             }
         }
     })
+}
+
+/// The tokio runtime for `[daemon] worker_threads`. One thread: no
+/// cross-thread wake-ups, the lowest latency when the machine is shared;
+/// several: handshakes and streams on every core.
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
 }
 
 /// What drives a running daemon: in the binary, signals (SIGHUP, SIGTERM,

@@ -1,23 +1,15 @@
 //! The admin endpoint against clients that hold connections and send
 //! nothing: probes and scrapes still answer.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
+use common::http_get;
 use dctunnel::daemon::DaemonView;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    out
-}
 
 /// With the header deadline at an hour, idle clients past the connection
 /// limit would hold /healthz for that hour if newcomers waited for a slot.
@@ -43,7 +35,7 @@ async fn idle_clients_never_keep_a_probe_out() {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
     for probe in ["/healthz", "/metrics", "/status"] {
-        let answer = tokio::time::timeout(Duration::from_secs(60), get(addr, probe))
+        let answer = tokio::time::timeout(Duration::from_secs(60), http_get(addr, probe))
             .await
             .unwrap_or_else(|_| panic!("{probe} kept out by idle clients"));
         assert!(answer.starts_with("HTTP/1.1 200"), "{probe}: {answer}");

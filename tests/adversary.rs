@@ -42,17 +42,6 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
-/// A plain HTTP/1.1 GET; returns the whole answer.
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// The value of one sample in a Prometheus scrape.
 fn sample(scrape: &str, name_and_labels: &str) -> Option<u64> {
     scrape
@@ -156,7 +145,7 @@ allow_sources = ["192.0.2.0/24"]
     let metric =
         "dctunnel_connections_rejected_total{service=\"guarded\",reason=\"source_not_allowed\"}";
     eventually_ok("all refusals counted", || async {
-        let n = sample(&get(admin, "/metrics").await, metric);
+        let n = sample(&http_get(admin, "/metrics").await, metric);
         match n {
             Some(FLOOD) => Ok(()),
             other => Err(other),
@@ -586,7 +575,7 @@ async fn healthz_latency_with_idle_admin_clients() {
     let mut took = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let answer = tokio::time::timeout(Duration::from_secs(30), get(addr, "/healthz"))
+        let answer = tokio::time::timeout(Duration::from_secs(30), http_get(addr, "/healthz"))
             .await
             .expect("/healthz kept out by idle clients");
         took.push(t.elapsed());

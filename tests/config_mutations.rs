@@ -227,19 +227,8 @@ fn start(mut config: Config, path: &Path) -> Result<(), String> {
     }
     config.admin = config.admin.map(local);
     // As `process::main` builds it.
-    let runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .map_err(|e| format!("runtime: {e}"))?;
+    let runtime =
+        dctunnel::process::runtime(config.worker_threads).map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
         let (commands, received) = tokio::sync::mpsc::channel(1);
         let (tell, started) = tokio::sync::oneshot::channel();

@@ -12,7 +12,6 @@ use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Connection lines at warning only; the daemon's own lines at info, for
@@ -239,12 +238,7 @@ async fn a_key_not_pinned_is_a_pin_mismatch_not_an_unknown_ca() {
 
 /// A plain HTTP GET to the admin endpoint; returns the body.
 async fn get(admin: SocketAddr, path: &str) -> String {
-    let mut c = TcpStream::connect(admin).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut all = String::new();
-    c.read_to_string(&mut all).await.unwrap();
+    let all = http_get(admin, path).await;
     let (head, body) = all.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{all}");
     body.to_owned()

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 
 use common::*;
 use dctunnel::process::{self, Command, Started};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,16 +39,6 @@ allow_peers = ["{CLIENT}"]
     t
 }
 
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reports_its_addresses_reloads_on_command_and_stops() {
     let pki = Pki::new("CA");
@@ -69,7 +58,7 @@ async fn run_reports_its_addresses_reloads_on_command_and_stops() {
     let Started { admin, view } = started.await.unwrap();
     let admin = admin.expect("admin endpoint configured");
     assert_ne!(admin.port(), 0);
-    let status = get(admin, "/status").await;
+    let status = http_get(admin, "/status").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(status.contains("\"tls\""), "{status}");
 
@@ -82,7 +71,7 @@ async fn run_reports_its_addresses_reloads_on_command_and_stops() {
         .unwrap();
     let done = verdict.await.unwrap().unwrap();
     assert_eq!(done, "reload done: 2 service(s); extra-0: added");
-    assert!(get(admin, "/status").await.contains("\"extra-0\""));
+    assert!(http_get(admin, "/status").await.contains("\"extra-0\""));
     assert_eq!(view.services().len(), 2);
 
     // A bad file: refused with the reason, nothing changes.
@@ -181,22 +170,22 @@ async fn the_drain_is_visible_and_a_second_stop_ends_it() {
 
     commands.send(Command::Stop).await.unwrap();
     eventually("the daemon drains", || view.draining()).await;
-    let ready = get(admin, "/readyz").await;
+    let ready = http_get(admin, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(
         ready.contains("not ready: stopping, draining 2 open connection(s)"),
         "{ready}"
     );
-    let connections = get(admin, "/connections").await;
+    let connections = http_get(admin, "/connections").await;
     assert!(connections.contains("\"plain\""), "{connections}");
     assert!(connections.contains("\"tls\""), "{connections}");
-    let status: String = get(admin, "/status")
+    let status: String = http_get(admin, "/status")
         .await
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
     assert!(status.contains("\"draining\":true"), "{status}");
-    let metrics = get(admin, "/metrics").await;
+    let metrics = http_get(admin, "/metrics").await;
     assert!(
         metrics.contains("dctunnel_connections_active{service=\"plain\"} 1"),
         "{metrics}"

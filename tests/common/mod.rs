@@ -679,3 +679,16 @@ impl Pki {
         }
     }
 }
+
+/// A plain HTTP/1.1 GET written by hand (the admin endpoint tested against
+/// a client other than its own); returns the whole answer, head and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out
+}
