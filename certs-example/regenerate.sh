@@ -45,23 +45,37 @@ rm -rf "$here/ca" "$here/other-ca" "$here/hosts" "$here/pinned"
 dctunnel certs init-ca --dir "$here/ca" --name "dctunnel example CA" --days $ca_days
 dctunnel certs init-ca --dir "$here/other-ca" --name "dctunnel other CA" --days $ca_days
 
-issue() {
-    dctunnel certs issue --ca "$here/ca" --out "$here/hosts" --days $host_days "$@"
+# Each host key is made as on a real host (`certs request`: the key never
+# leaves), then the request alone is signed with the CA (`certs sign`). The
+# requests are deleted afterwards: they are not needed once signed.
+host() {
+    dctunnel certs request --out "$here/hosts" "$@"
 }
-issue --name server.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1
-issue --name client.example.dctunnel
-issue --name off1.openfoodfacts.org
-issue --name off2.openfoodfacts.org --dns proxy2.openfoodfacts.org
-issue --name ovh1.openfoodfacts.org --dns pmg.openfoodfacts.org
-issue --name ovh2.openfoodfacts.org
-issue --name ovh-stunnel-client.openfoodfacts.org
+sign() {
+    dctunnel certs sign --ca "$here/ca" --days $host_days "$here/hosts/$1.csr"
+    rm "$here/hosts/$1.csr"
+}
+host --name server.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1
+host --name client.example.dctunnel
+host --name off1.openfoodfacts.org
+host --name off2.openfoodfacts.org --dns proxy2.openfoodfacts.org
+host --name ovh1.openfoodfacts.org --dns pmg.openfoodfacts.org
+host --name ovh2.openfoodfacts.org
+host --name ovh-stunnel-client.openfoodfacts.org
 # An Ed25519 host, for tests of the second key type.
-issue --name ed25519.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1 --key-type ed25519
+host --name ed25519.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1 --key-type ed25519
 # A host revoked in ca/ca.crl, for revocation tests.
-issue --name revoked.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1
+host --name revoked.example.dctunnel --dns localhost --ip 127.0.0.1 --ip ::1
+for name in server.example.dctunnel client.example.dctunnel off1.openfoodfacts.org \
+    off2.openfoodfacts.org ovh1.openfoodfacts.org ovh2.openfoodfacts.org \
+    ovh-stunnel-client.openfoodfacts.org ed25519.example.dctunnel revoked.example.dctunnel; do
+    sign "$name"
+done
 dctunnel certs revoke --ca "$here/ca" --reason key-compromise "$here/hosts/revoked.example.dctunnel.pem"
 
 # Same name as a legitimate host, signed by the wrong CA: must be rejected.
+# (`issue`, key and certificate made at once by the CA, is for throwaway
+# setups like this one.)
 dctunnel certs issue --ca "$here/other-ca" --out "$here/other-ca" --days $host_days \
     --name client.example.dctunnel
 

@@ -1,6 +1,8 @@
 //! `dctunnel certs` as a user runs it: the real binary in temporary
 //! directories, its output checked with rustls's verifiers and x509-parser.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -718,4 +720,428 @@ fn certs_example_is_complete_and_consistent() {
         assert!(info.self_signed && !info.is_ca, "{name}");
         assert_lasts(name, &cert, HOST_DAYS);
     }
+}
+
+/// `certs request` on a host, as the README's guide runs it.
+fn request(out: &Path, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        os("request"),
+        os("--out"),
+        out.as_os_str(),
+        os("--name"),
+        os(name),
+    ];
+    args.extend(extra.iter().map(|s| os(s)));
+    certs_ok(&args)
+}
+
+/// `certs sign` on the admin machine, the certificate written to `out`.
+fn sign(ca: &Path, csr: &Path, out: &Path) -> String {
+    certs_ok(&[
+        os("sign"),
+        os("--ca"),
+        ca.as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+        csr.as_os_str(),
+    ])
+}
+
+fn sign_err(ca: &Path, csr: &Path) -> String {
+    certs_err(&[os("sign"), os("--ca"), ca.as_os_str(), csr.as_os_str()])
+}
+
+/// Every file in `dir` (not recursive), by name.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The PEM text of a DER certificate signing request.
+fn csr_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+    pem
+}
+
+/// The DER of the first certificate signing request of a PEM file.
+fn csr_der(path: &Path) -> Vec<u8> {
+    let bytes = fs::read(path).unwrap();
+    let pem = x509_parser::pem::Pem::iter_from_buffer(&bytes)
+        .next()
+        .expect("a PEM block")
+        .unwrap();
+    assert_eq!(pem.label, "CERTIFICATE REQUEST");
+    pem.contents
+}
+
+/// The whole flow of the README's two-host guide, with a real tunnel at the
+/// end: each host makes its key and a request, only the requests reach the
+/// CA, only the certificates come back, and `check` then a real mutual-TLS
+/// round trip accept them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_then_sign_makes_certificates_a_real_tunnel_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let admin = tmp.path().join("admin");
+    let server_host = tmp.path().join("server-host");
+    let client_host = tmp.path().join("client-host");
+    init_ca(&ca, &[]);
+
+    let out = request(
+        &server_host,
+        "server.test",
+        &["--dns", "localhost", "--ip", "127.0.0.1"],
+    );
+    let server_pin = line_value(&out, "pin:").to_owned();
+    request(&client_host, "client.test", &[]);
+    assert_eq!(
+        files_in(&server_host),
+        ["server.test.csr", "server.test.key"]
+    );
+    assert_eq!(mode(&server_host.join("server.test.key")), 0o600);
+    assert_eq!(mode(&server_host.join("server.test.csr")), 0o644);
+    let csr_text = fs::read_to_string(server_host.join("server.test.csr")).unwrap();
+    assert!(!csr_text.contains("PRIVATE KEY"), "{csr_text}");
+
+    // Only the requests travel to the admin machine.
+    fs::create_dir(&admin).unwrap();
+    for (dir, name) in [(&server_host, "server.test"), (&client_host, "client.test")] {
+        let csr = format!("{name}.csr");
+        fs::copy(dir.join(&csr), admin.join(&csr)).unwrap();
+    }
+    let signed_dir = admin.join("signed");
+    let out = sign(&ca, &admin.join("server.test.csr"), &signed_dir);
+    // What it signed is printed, and the pin is the one the host printed.
+    assert_eq!(line_value(&out, "subject:"), "CN=server.test");
+    assert_eq!(
+        line_value(&out, "names:"),
+        "DNS:server.test, DNS:localhost, IP:127.0.0.1"
+    );
+    assert_eq!(line_value(&out, "pin:"), server_pin);
+    line_value(&out, "serial:");
+    line_value(&out, "not after:");
+    let cert_path = signed_dir.join("server.test.pem");
+    assert!(
+        out.contains(&format!(
+            "wrote {} (certificate",
+            fs::canonicalize(&cert_path).unwrap().display()
+        )),
+        "{out}"
+    );
+    // Without --out it writes next to the request.
+    sign_ok_next_to_request(&ca, &admin.join("client.test.csr"));
+
+    // The key never left: nothing sign wrote or printed holds a private key,
+    // and only certificates were added on the admin machine.
+    assert!(!out.contains("PRIVATE KEY"));
+    assert_eq!(files_in(&signed_dir), ["server.test.pem"]);
+    assert_eq!(
+        files_in(&admin),
+        [
+            "client.test.csr",
+            "client.test.pem",
+            "server.test.csr",
+            "signed"
+        ]
+    );
+    for f in [&cert_path, &admin.join("client.test.pem")] {
+        assert_eq!(mode(f), 0o644);
+        assert!(!fs::read_to_string(f).unwrap().contains("PRIVATE KEY"));
+    }
+
+    // The certificates come back to their hosts, next to their keys.
+    fs::copy(&cert_path, server_host.join("server.test.pem")).unwrap();
+    fs::copy(
+        admin.join("client.test.pem"),
+        client_host.join("client.test.pem"),
+    )
+    .unwrap();
+    let server = common::host_files(&server_host, "server.test");
+    let client = common::host_files(&client_host, "client.test");
+    let ca_pem = ca.join("ca.pem");
+
+    let backend = common::echo_backend().await;
+    let text = format!(
+        r#"
+[daemon]
+shutdown_timeout = "1s"
+
+[[service]]
+name = "tls"
+mode = "server"
+listen = "127.0.0.1:0"
+connect = "{backend}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+allow_peers = ["client.test"]
+"#,
+        ca = ca_pem.display(),
+        cert = server.cert.display(),
+        key = server.key.display(),
+    );
+    let config_path = tmp.path().join("server.toml");
+    fs::write(&config_path, &text).unwrap();
+    let check = dctunnel([os("check"), os("--config"), config_path.as_os_str()]);
+    assert!(
+        check.status.success(),
+        "check refused the signed files: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let (_dir, daemon) = common::start_daemon(&text);
+    let addr = daemon.local_addr("tls").unwrap();
+    let config = common::tls_client(&ca_pem, Some(&client));
+    assert!(
+        common::tls_echo(addr, config, "server.test").await,
+        "round trip through the tunnel failed"
+    );
+    // The CA's own name for it works too, by IP: the IP SAN was signed.
+    let config = common::tls_client(&ca_pem, Some(&client));
+    assert!(common::tls_echo(addr, config, "127.0.0.1").await);
+    daemon.shutdown().await;
+}
+
+fn sign_ok_next_to_request(ca: &Path, csr: &Path) {
+    certs_ok(&[os("sign"), os("--ca"), ca.as_os_str(), csr.as_os_str()]);
+}
+
+#[test]
+fn sign_refuses_a_tampered_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    init_ca(&ca, &[]);
+    request(tmp.path(), "host.test", &[]);
+    let csr = tmp.path().join("host.test.csr");
+    let mut der = csr_der(&csr);
+    // The signature is the last field: flip its last byte.
+    *der.last_mut().unwrap() ^= 0x01;
+    let tampered = tmp.path().join("tampered.csr");
+    fs::write(&tampered, csr_pem(&der)).unwrap();
+
+    let err = sign_err(&ca, &tampered);
+    assert!(err.contains("signature does not verify"), "{err}");
+    assert!(err.contains("tampered.csr"), "{err}");
+    assert!(!tmp.path().join("host.test.pem").exists());
+    // The untouched request signs.
+    sign_ok_next_to_request(&ca, &csr);
+    assert!(tmp.path().join("host.test.pem").exists());
+}
+
+/// Requests made with rcgen, as another tool could make them: a wildcard,
+/// a CA, a private key pasted in; none is signed and nothing is written.
+#[test]
+fn sign_refuses_wildcards_cas_and_files_holding_a_key() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    init_ca(&ca, &[]);
+    let key = KeyPair::generate().unwrap();
+    let write = |file: &str, params: &CertificateParams| {
+        let csr = params.serialize_request(&key).unwrap();
+        let path = tmp.path().join(file);
+        fs::write(&path, csr.pem().unwrap()).unwrap();
+        path
+    };
+
+    let mut wildcard =
+        CertificateParams::new(vec!["host.test".to_owned(), "*.example.org".to_owned()]).unwrap();
+    wildcard
+        .distinguished_name
+        .push(DnType::CommonName, "host.test");
+    let path = write("wildcard.csr", &wildcard);
+    let err = sign_err(&ca, &path);
+    assert!(err.contains("wildcard name \"*.example.org\""), "{err}");
+
+    let mut wild_cn = CertificateParams::new(Vec::<String>::new()).unwrap();
+    wild_cn
+        .distinguished_name
+        .push(DnType::CommonName, "*.example.org");
+    let err = sign_err(&ca, &write("wild-cn.csr", &wild_cn));
+    assert!(err.contains("wildcard"), "{err}");
+
+    let mut as_ca = CertificateParams::new(vec!["host.test".to_owned()]).unwrap();
+    as_ca
+        .distinguished_name
+        .push(DnType::CommonName, "host.test");
+    as_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let err = sign_err(&ca, &write("ca.csr", &as_ca));
+    assert!(err.contains("asks for a CA certificate"), "{err}");
+
+    let mut fine = CertificateParams::new(vec!["host.test".to_owned()]).unwrap();
+    fine.distinguished_name
+        .push(DnType::CommonName, "host.test");
+    let fine_path = write("fine.csr", &fine);
+    let with_key = tmp.path().join("with-key.csr");
+    fs::write(
+        &with_key,
+        fs::read_to_string(&fine_path).unwrap() + &key.serialize_pem(),
+    )
+    .unwrap();
+    let err = sign_err(&ca, &with_key);
+    assert!(err.contains("holds a private key"), "{err}");
+    // The message names the file, never the key.
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    let names = files_in(tmp.path());
+    assert!(
+        !names.iter().any(|n| n.ends_with(".pem")),
+        "a refused request left a certificate: {names:?}"
+    );
+    // The same key and names without the wildcard or CA flag are signed.
+    sign_ok_next_to_request(&ca, &fine_path);
+    assert!(tmp.path().join("host.test.pem").exists());
+}
+
+#[test]
+fn request_refuses_to_overwrite_and_refuses_wildcards() {
+    let tmp = tempfile::tempdir().unwrap();
+    request(tmp.path(), "host.test", &[]);
+    let key = tmp.path().join("host.test.key");
+    let before = fs::read(&key).unwrap();
+    let csr_before = fs::read(tmp.path().join("host.test.csr")).unwrap();
+    let err = certs_err(&[
+        os("request"),
+        os("--out"),
+        tmp.path().as_os_str(),
+        os("--name"),
+        os("host.test"),
+    ]);
+    assert!(
+        err.contains("already exists, refusing to overwrite"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&key).unwrap(), before);
+    assert_eq!(
+        fs::read(tmp.path().join("host.test.csr")).unwrap(),
+        csr_before
+    );
+
+    // A key alone is enough to refuse: it is what must never be lost.
+    fs::remove_file(tmp.path().join("host.test.csr")).unwrap();
+    let err = certs_err(&[
+        os("request"),
+        os("--out"),
+        tmp.path().as_os_str(),
+        os("--name"),
+        os("host.test"),
+    ]);
+    assert!(err.contains("host.test.key already exists"), "{err}");
+    assert_eq!(fs::read(&key).unwrap(), before);
+    assert!(!tmp.path().join("host.test.csr").exists());
+
+    let other = tmp.path().join("other");
+    let err = certs_err(&[
+        os("request"),
+        os("--out"),
+        other.as_os_str(),
+        os("--name"),
+        os("host.test"),
+        os("--dns"),
+        os("*.example.org"),
+    ]);
+    assert!(err.contains("wildcard"), "{err}");
+    assert!(!other.exists());
+}
+
+#[test]
+fn renew_keeps_the_names_and_makes_a_new_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let host = tmp.path().join("host");
+    let next = tmp.path().join("host-2027");
+    init_ca(&ca, &[]);
+    request(
+        &host,
+        "off2.openfoodfacts.org",
+        &["--dns", "proxy2.openfoodfacts.org", "--ip", "10.1.0.102"],
+    );
+    sign_ok_next_to_request(&ca, &host.join("off2.openfoodfacts.org.csr"));
+    let old_cert = host.join("off2.openfoodfacts.org.pem");
+    let old = dctunnel::certs::cert_info(&cert_in(&old_cert)).unwrap();
+
+    let out = certs_ok(&[
+        os("renew"),
+        os("--cert"),
+        old_cert.as_os_str(),
+        os("--out"),
+        next.as_os_str(),
+    ]);
+    assert_eq!(
+        files_in(&next),
+        ["off2.openfoodfacts.org.csr", "off2.openfoodfacts.org.key"]
+    );
+    assert_eq!(mode(&next.join("off2.openfoodfacts.org.key")), 0o600);
+    let requested_pin = line_value(&out, "pin:").to_owned();
+    assert_ne!(requested_pin, old.pin, "renew must make a new key");
+
+    let signed = sign(&ca, &next.join("off2.openfoodfacts.org.csr"), &next);
+    let new =
+        dctunnel::certs::cert_info(&cert_in(&next.join("off2.openfoodfacts.org.pem"))).unwrap();
+    assert_eq!(new.sans, old.sans);
+    assert_eq!(new.subject, old.subject);
+    assert_eq!(
+        new.sans,
+        [
+            "DNS:off2.openfoodfacts.org",
+            "DNS:proxy2.openfoodfacts.org",
+            "IP:10.1.0.102"
+        ]
+    );
+    assert_eq!(new.pin, requested_pin);
+    assert_eq!(line_value(&signed, "pin:"), requested_pin);
+    assert_ne!(new.pin, old.pin);
+    assert_ne!(new.serial, old.serial);
+    verify_as_server(
+        &ca.join("ca.pem"),
+        &cert_in(&next.join("off2.openfoodfacts.org.pem")),
+        "proxy2.openfoodfacts.org",
+    )
+    .unwrap();
+
+    // --keep-key: the request carries the old key and no key is written.
+    let kept = tmp.path().join("kept");
+    let out = certs_ok(&[
+        os("renew"),
+        os("--cert"),
+        old_cert.as_os_str(),
+        os("--keep-key"),
+        host.join("off2.openfoodfacts.org.key").as_os_str(),
+        os("--out"),
+        kept.as_os_str(),
+    ]);
+    assert_eq!(line_value(&out, "pin:"), old.pin);
+    assert_eq!(files_in(&kept), ["off2.openfoodfacts.org.csr"]);
+    // ...and only the key that matches the certificate is accepted.
+    let err = certs_err(&[
+        os("renew"),
+        os("--cert"),
+        old_cert.as_os_str(),
+        os("--keep-key"),
+        next.join("off2.openfoodfacts.org.key").as_os_str(),
+        os("--out"),
+        tmp.path().join("wrong").as_os_str(),
+    ]);
+    assert!(err.contains("does not match"), "{err}");
+
+    // It never overwrites the request or key it made before.
+    let err = certs_err(&[
+        os("renew"),
+        os("--cert"),
+        old_cert.as_os_str(),
+        os("--out"),
+        next.as_os_str(),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
 }

@@ -10,8 +10,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::ca::{
-    absolute, cert_info, init_ca, issue, keygen, parse_serial, read_ca_not_after, revoke, show,
-    CaOptions, HostOptions, KeyType, Reason, RevokeTarget, Shown, Written,
+    absolute, cert_info, init_ca, issue, keygen, parse_serial, read_ca_not_after, renew, request,
+    revoke, show, sign, CaOptions, HostOptions, KeyType, Reason, RequestOptions, Requested,
+    RevokeTarget, Shown, Written,
 };
 use super::{CertsError, CA_CERT_FILE, DEFAULT_CA_DAYS, DEFAULT_CA_NAME, DEFAULT_HOST_DAYS};
 use crate::config::quote;
@@ -22,8 +23,18 @@ use crate::x509::{human_time, rfc3339};
 pub enum CertsCommand {
     /// Create a private certificate authority: DIR/ca.pem and DIR/ca.key (0600).
     InitCa(InitCaArgs),
-    /// Issue a host certificate signed by the CA, good for both TLS server and
-    /// client: OUT/NAME.pem and OUT/NAME.key (0600).
+    /// On the host: make its key OUT/NAME.key (0600) and a certificate
+    /// signing request OUT/NAME.csr for `sign`. Only the request travels.
+    Request(RequestArgs),
+    /// On the admin machine: check a certificate signing request and sign it
+    /// with the CA, writing NAME.pem; prints what it signed.
+    Sign(SignArgs),
+    /// On the host: a new key and request with the same names as an existing
+    /// certificate, for `sign` (or a request signed by the kept key).
+    Renew(RenewArgs),
+    /// Issue a host certificate signed by the CA, key included, good for both
+    /// TLS server and client: OUT/NAME.pem and OUT/NAME.key (0600). For tests
+    /// and throwaway setups: the key is made where the CA is.
     Issue(IssueArgs),
     /// Create a self-signed certificate and key for pinning, and print its pin.
     Keygen(KeygenArgs),
@@ -60,6 +71,61 @@ pub struct IssueArgs {
     pub ca: PathBuf,
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+/// Arguments of `dctunnel certs request`.
+#[derive(clap::Args, Debug)]
+pub struct RequestArgs {
+    /// Host name: the common name and the first DNS subject alternative name.
+    #[arg(long)]
+    pub name: String,
+    /// Extra DNS names (repeatable, or comma-separated). No wildcards.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// IP addresses (repeatable, or comma-separated).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub ip: Vec<IpAddr>,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    pub key_type: KeyType,
+    /// Output directory for NAME.key and NAME.csr (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `dctunnel certs sign`.
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// CA directory (holding ca.pem and ca.key).
+    #[arg(long, value_name = "DIR")]
+    pub ca: PathBuf,
+    /// The certificate signing request (PEM), as `certs request` wrote it.
+    #[arg(value_name = "REQUEST")]
+    pub request: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = DEFAULT_HOST_DAYS)]
+    pub days: u32,
+    /// Directory for NAME.pem (default: the request's directory).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `dctunnel certs renew`.
+#[derive(clap::Args, Debug)]
+pub struct RenewArgs {
+    /// The host's current certificate: the request asks for its names.
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Sign the request with this existing key (it must match --cert)
+    /// instead of making a new one; then no key is written.
+    #[arg(long, value_name = "KEY")]
+    pub keep_key: Option<PathBuf>,
+    /// Key algorithm of the new key (default: that of the current one).
+    #[arg(long, value_enum, conflicts_with = "keep_key")]
+    pub key_type: Option<KeyType>,
+    /// Output directory for NAME.key and NAME.csr (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `dctunnel certs keygen`.
@@ -141,6 +207,9 @@ pub struct RevokeArgs {
 pub fn main(cmd: CertsCommand) -> ExitCode {
     let result = match cmd {
         CertsCommand::InitCa(args) => run_init_ca(args),
+        CertsCommand::Request(args) => run_request(args),
+        CertsCommand::Sign(args) => run_sign(args),
+        CertsCommand::Renew(args) => run_renew(args),
         CertsCommand::Issue(args) => run_issue(args),
         CertsCommand::Keygen(args) => run_keygen(args),
         CertsCommand::Show(args) => run_show(args),
@@ -183,6 +252,91 @@ fn run_init_ca(args: InitCaArgs) -> Result<(), CertsError> {
     crate::outln!(
         "  dctunnel certs issue --ca {} --name off2.openfoodfacts.org --out hosts/",
         display_path(&absolute(&args.dir))
+    );
+    Ok(())
+}
+
+fn run_request(args: RequestArgs) -> Result<(), CertsError> {
+    let opts = RequestOptions {
+        name: args.name,
+        dns: args.dns,
+        ips: args.ip,
+        key_type: args.key_type,
+    };
+    let r = request(&args.out, &opts)?;
+    print_requested(&r);
+    Ok(())
+}
+
+fn run_renew(args: RenewArgs) -> Result<(), CertsError> {
+    let r = renew(
+        &args.cert,
+        &args.out,
+        args.keep_key.as_deref(),
+        args.key_type,
+    )?;
+    crate::outln!("same names as {}", display_path(&absolute(&args.cert)));
+    print_requested(&r);
+    Ok(())
+}
+
+fn print_requested(r: &Requested) {
+    match &r.key_path {
+        Some(key) => crate::outln!(
+            "wrote {} (private key, mode 0600: it stays on this host)",
+            display_path(key)
+        ),
+        None => crate::outln!("kept the existing private key (no key written)"),
+    }
+    crate::outln!(
+        "wrote {} (certificate signing request)",
+        display_path(&r.csr_path)
+    );
+    crate::outln!("names: {}", r.names.join(", "));
+    crate::outln!("pin: {}", r.pin);
+    let file = r
+        .csr_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::outln!();
+    crate::outln!("Next: copy only {file} to the machine that holds the CA, and there run");
+    crate::outln!("  dctunnel certs sign --ca CA_DIR {file}");
+    crate::outln!("check that it prints the pin above, then copy back the certificate it writes.");
+}
+
+fn run_sign(args: SignArgs) -> Result<(), CertsError> {
+    let s = sign(&args.ca, &args.request, args.out.as_deref(), args.days)?;
+    let info = &s.info;
+    crate::outln!(
+        "signed {} with the CA in {}",
+        display_path(&absolute(&args.request)),
+        display_path(&absolute(&args.ca))
+    );
+    crate::outln!("subject: {}", info.subject);
+    crate::outln!("names: {}", info.sans.join(", "));
+    crate::outln!("serial: {}", info.serial);
+    crate::outln!("not before: {}", human_time(info.not_before));
+    crate::outln!("not after: {}", human_time(info.not_after));
+    crate::outln!("key: {}", info.key_type);
+    crate::outln!("pin: {}", info.pin);
+    crate::outln!("usage: {}", info.extended_key_usage.join(", "));
+    crate::outln!(
+        "wrote {} (certificate, mode 0644)",
+        display_path(&s.cert_path)
+    );
+    if let Ok(ca) = read_ca_not_after(&args.ca) {
+        if ca < info.not_after {
+            eprintln!(
+                "note: the CA expires on {}, before this certificate",
+                human_time(ca)
+            );
+        }
+    }
+    crate::outln!();
+    crate::outln!(
+        "Copy back to the host only this certificate (and {} if it does not have it yet).",
+        display_path(&absolute(&args.ca.join(CA_CERT_FILE)))
     );
     Ok(())
 }

@@ -12,7 +12,11 @@
 //!   key, mode 0600) and, once something is revoked, `ca.crl` (PEM CRL). The
 //!   CRL itself is the revocation state: `revoke` re-parses it, adds a serial
 //!   and re-signs it with `ca.key`;
-//! - `issue` and `keygen` write `<out>/<name>.pem` and `<out>/<name>.key`.
+//! - `issue` and `keygen` write `<out>/<name>.pem` and `<out>/<name>.key`;
+//! - `request` and `renew`, on the host, write `<out>/<name>.key` and
+//!   `<out>/<name>.csr` (a PKCS#10 request); `sign`, on the admin machine,
+//!   writes `<out>/<name>.pem` from a request. The key never leaves the host:
+//!   only the request travels to the CA and only the certificate comes back.
 //!
 //! Keys are PKCS#8 PEM, created with mode 0600 from the first byte (never
 //! chmod-ed afterwards). No command overwrites an existing certificate or key.
@@ -25,11 +29,13 @@ pub mod cli;
 
 pub use crate::x509::{spki_pin_of_spki, CertInfo};
 pub use ca::{
-    cert_info, init_ca, issue, keygen, parse_serial, revoke, show, spki_pin, CaOptions, CrlEntry,
-    CrlInfo, HostOptions, KeyType, Reason, RevokeTarget, Revoked, Shown, Written,
+    cert_info, init_ca, issue, keygen, parse_serial, renew, request, revoke, show, sign, spki_pin,
+    CaOptions, CrlEntry, CrlInfo, HostOptions, KeyType, Reason, RequestOptions, Requested,
+    RevokeTarget, Revoked, Shown, Signed, Written,
 };
 pub use cli::{
-    main, CertsCommand, HostArgs, InitCaArgs, IssueArgs, KeygenArgs, RevokeArgs, ShowArgs,
+    main, CertsCommand, HostArgs, InitCaArgs, IssueArgs, KeygenArgs, RenewArgs, RequestArgs,
+    RevokeArgs, ShowArgs, SignArgs,
 };
 
 /// File name of the CA certificate inside a CA directory.
@@ -123,6 +129,18 @@ pub enum CertsError {
     /// A host name is not a valid DNS name.
     #[error("{0:?} is not a valid DNS name")]
     InvalidName(String),
+    /// `request` was asked for a wildcard name, which `sign` would refuse.
+    #[error("{0:?}: a request cannot ask for a wildcard name (certs sign refuses them)")]
+    WildcardRequest(String),
+    /// `sign` refuses this certificate signing request; nothing was written.
+    #[error("{}: {problem}", path.display())]
+    Request {
+        path: PathBuf,
+        problem: RequestProblem,
+    },
+    /// `renew` cannot make a request from this certificate.
+    #[error("{}: {why}", path.display())]
+    NotRenewable { path: PathBuf, why: &'static str },
     /// A serial number given on the command line is not hexadecimal.
     #[error("{0:?} is not a serial number (expected hexadecimal, colons allowed)")]
     InvalidSerial(String),
@@ -138,4 +156,42 @@ pub enum CertsError {
     /// The system random number generator failed.
     #[error("the random number generator failed")]
     Random,
+}
+
+/// Why `sign` refuses a certificate signing request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestProblem {
+    /// No `CERTIFICATE REQUEST` PEM block in the file.
+    #[error("no certificate signing request found (expected a PEM block \"CERTIFICATE REQUEST\")")]
+    NotFound,
+    /// The file also holds a private key: it travelled, and must not have.
+    #[error("holds a private key: copy only the .csr file to the CA, the key stays on its host (and this one should be replaced)")]
+    HoldsPrivateKey,
+    /// The DER does not parse as PKCS#10.
+    #[error("not a valid certificate signing request")]
+    Invalid,
+    /// The self-signature does not verify with the key in the request.
+    #[error("its signature does not verify: the request was altered, or not signed by the key it carries")]
+    BadSignature,
+    /// basicConstraints asks for cA.
+    #[error("asks for a CA certificate; sign makes host certificates only")]
+    AsksForCa,
+    /// A requested DNS name is a wildcard.
+    #[error("asks for the wildcard name {0:?}; sign signs exact host names only")]
+    Wildcard(String),
+    /// A requested DNS name (or the common name) is not a valid DNS name.
+    #[error("{0:?} is not a valid DNS name")]
+    InvalidName(String),
+    /// A requested name is neither a DNS name nor an IP address.
+    #[error("asks for a name of another kind ({0}); sign signs DNS names and IP addresses only")]
+    UnsupportedName(String),
+    /// Neither a common name nor a DNS name.
+    #[error("names no host (no common name and no DNS name)")]
+    NoName,
+    /// An extension other than names, key usages and basic constraints.
+    #[error("asks for an extension sign does not know (it understands names, key usages and basic constraints)")]
+    UnsupportedExtension,
+    /// The key algorithm cannot be written into a certificate by rcgen.
+    #[error("uses a key algorithm dctunnel cannot sign for")]
+    KeyAlgorithm,
 }
