@@ -31,6 +31,8 @@ pub struct Daemon {
     /// deadline the shutdown's own deadline replaces.
     stopping: CancellationToken,
     shutdown_timeout: Duration,
+    /// `[daemon].watch_files` of the configuration in force.
+    watch_files: Option<Duration>,
     /// The admin address the daemon started with (a reload cannot move it).
     admin: Option<SocketAddr>,
 }
@@ -83,6 +85,10 @@ pub struct ReloadStats {
     pub last_success: Option<std::time::SystemTime>,
     /// The error of the most recent failed attempt.
     pub last_error: Option<String>,
+    /// Of the attempts, those started because a file a service uses
+    /// changed on disk (`[daemon].watch_files`), and those of them refused.
+    pub file_triggered: u64,
+    pub file_triggered_failures: u64,
 }
 
 impl DaemonView {
@@ -112,6 +118,30 @@ impl DaemonView {
     /// the connections still listed are being drained.
     pub fn draining(&self) -> bool {
         self.read().draining
+    }
+
+    /// Counts a reload started by a file change, once it is done (its
+    /// outcome is also recorded by [`DaemonView::record_reload`]).
+    pub fn record_file_reload(&self, ok: bool) {
+        let mut v = self.write();
+        v.reloads.file_triggered += 1;
+        if !ok {
+            v.reloads.file_triggered_failures += 1;
+        }
+    }
+
+    /// Every certificate, key, CA and CRL file the running services use,
+    /// each once: what [`crate::watch`] checks.
+    pub fn watched_paths(&self) -> Vec<std::path::PathBuf> {
+        let mut paths: Vec<_> = self
+            .read()
+            .services
+            .values()
+            .flat_map(|r| r.settings.borrow().files.all_paths())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     /// Records the outcome of a reload attempt (`Err` holds the reason).
@@ -196,6 +226,7 @@ impl Daemon {
             close_all: CancellationToken::new(),
             stopping: CancellationToken::new(),
             shutdown_timeout: config.shutdown_timeout,
+            watch_files: config.watch_files,
             admin: config.admin,
         };
         let mut bound = Vec::new();
@@ -269,6 +300,12 @@ impl Daemon {
             .map(|r| r.state.clone())
     }
 
+    /// How often the files of the services are checked for changes
+    /// (`None`: never), as the configuration in force says.
+    pub fn watch_files(&self) -> Option<Duration> {
+        self.watch_files
+    }
+
     /// How many services are running.
     pub fn service_count(&self) -> usize {
         self.registry.read().services.len()
@@ -294,6 +331,7 @@ impl Daemon {
             let _ = handle.await;
         }
         self.shutdown_timeout = config.shutdown_timeout;
+        self.watch_files = config.watch_files;
         if config.admin != self.admin {
             warn!(
                 running = ?self.admin,

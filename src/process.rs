@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use crate::control;
 use crate::daemon::{self, Daemon, DaemonView};
 use crate::listeners::{self, Listeners};
 use crate::systemd;
+use crate::watch::FileWatch;
 
 /// `dctunnel run`: loads the configuration, runs until SIGTERM or SIGINT,
 /// reloads on SIGHUP or on `dctunnel reload` through the control socket.
@@ -174,11 +176,13 @@ pub async fn run(
             }
         })
     });
+    let mut files = Files::start(&daemon);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Reload { reply }) => {
                     let verdict = reload(&mut daemon, path).await;
+                    files.follow(&daemon);
                     if let Some(reply) = reply {
                         let _ = reply.send(verdict);
                     }
@@ -191,7 +195,23 @@ pub async fn run(
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
                     let verdict = reload(&mut daemon, path).await;
+                    files.follow(&daemon);
                     let _ = request.reply.send(verdict);
+                }
+            },
+            () = files.tick() => {
+                let changed = files.check(&daemon).await;
+                if !changed.is_empty() {
+                    let names: Vec<String> =
+                        changed.iter().map(|p| p.display().to_string()).collect();
+                    info!(files = %names.join(", "), config = %path.display(), "file changed: reloading");
+                    // The same reload as SIGHUP's: one way for material to
+                    // change. A refusal keeps the old material; the watch
+                    // has taken the new stamps, so the next attempt waits
+                    // for the file to change again.
+                    let verdict = reload(&mut daemon, path).await;
+                    daemon.view().record_file_reload(verdict.is_ok());
+                    files.follow(&daemon);
                 }
             },
         }
@@ -234,6 +254,79 @@ pub async fn run(
         let _ = admin.await;
     }
     Ok(())
+}
+
+/// The periodic check of the files the services use (`[daemon].watch_files`).
+struct Files {
+    every: Option<Duration>,
+    tick: Option<tokio::time::Interval>,
+    /// `None` while a check runs (it is moved to a blocking thread).
+    watch: Option<FileWatch>,
+}
+
+impl Files {
+    fn start(daemon: &Daemon) -> Files {
+        let mut f = Files {
+            every: None,
+            tick: None,
+            watch: Some(FileWatch::new(&daemon.view().watched_paths())),
+        };
+        f.follow(daemon);
+        f
+    }
+
+    /// Takes up the period of the configuration in force after a reload.
+    fn follow(&mut self, daemon: &Daemon) {
+        let every = daemon.watch_files();
+        if every == self.every {
+            return;
+        }
+        self.every = every;
+        self.tick = every.map(|d| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            // A slow reload must not be followed by a burst of checks.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        match every {
+            Some(d) => info!(every = ?d, "watching certificate, key, CA and CRL files for changes"),
+            None => info!("not watching files for changes (watch_files = \"0s\"): reload to apply a new certificate"),
+        }
+    }
+
+    /// Waits for the next check; forever when the watch is off.
+    async fn tick(&mut self) {
+        match &mut self.tick {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stats the files on a blocking thread (a stat may wait on a slow
+    /// disk or a network file system); returns those that changed.
+    async fn check(&mut self, daemon: &Daemon) -> Vec<PathBuf> {
+        let paths = daemon.view().watched_paths();
+        let mut watch = self.watch.take().unwrap_or_default();
+        match tokio::task::spawn_blocking(move || {
+            let changed = watch.changed(&paths);
+            (watch, changed)
+        })
+        .await
+        {
+            Ok((watch, changed)) => {
+                self.watch = Some(watch);
+                changed
+            }
+            Err(e) => {
+                // Only a panic in the stat calls gets here: start afresh.
+                warn!("file check failed: {e}");
+                self.watch = Some(FileWatch::new(&daemon.view().watched_paths()));
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// Turns signals into [`Command`]s: SIGHUP reloads, SIGTERM and SIGINT stop.

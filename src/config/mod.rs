@@ -50,6 +50,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Threads carrying connections; `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// How often the files the services use are checked for changes (a
+    /// changed file reloads the configuration); `None`: never.
+    pub watch_files: Option<Duration>,
     /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
     pub admin: Option<SocketAddr>,
 }
