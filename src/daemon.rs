@@ -131,17 +131,18 @@ impl DaemonView {
     }
 
     /// Every certificate, key, CA and CRL file the running services use,
-    /// each once: what [`crate::watch`] checks.
-    pub fn watched_paths(&self) -> Vec<std::path::PathBuf> {
-        let mut paths: Vec<_> = self
+    /// each once, with the contents they loaded from it: what
+    /// [`crate::watch`] checks.
+    pub fn watched_files(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = self
             .read()
             .services
             .values()
-            .flat_map(|r| r.settings.borrow().files.all_paths())
+            .flat_map(|r| r.settings.borrow().fingerprint.files.clone())
             .collect();
-        paths.sort();
-        paths.dedup();
-        paths
+        files.sort();
+        files.dedup_by(|a, b| a.0 == b.0);
+        files
     }
 
     /// Records the outcome of a reload attempt (`Err` holds the reason).
@@ -491,22 +492,48 @@ fn bind_error(s: &Service, source: std::io::Error) -> BindError {
     }
 }
 
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP or `dctunnel reload`.
+    Asked,
+    /// A certificate, key, CA or CRL file changed on disk.
+    FileChanged,
+}
+
 /// Re-reads the configuration and applies it, or keeps everything as it is
 /// and says why. Returns a one-line summary of what changed, or the reason
 /// for the refusal (both also logged).
 pub async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+    reload_for(daemon, path, Trigger::Asked).await
+}
+
+/// [`reload`], counted as started by `trigger`. The outcome is recorded
+/// before it is logged, so that whoever reads the log line finds it in
+/// the metrics.
+pub async fn reload_for(
+    daemon: &mut Daemon,
+    path: &Path,
+    trigger: Trigger,
+) -> Result<String, String> {
     info!(config = %path.display(), "reloading");
     let view = daemon.view();
+    let record = |result: Result<(), String>| {
+        if trigger == Trigger::FileChanged {
+            view.record_file_reload(result.is_ok());
+        }
+        view.record_reload(result);
+    };
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            record(Err(e.to_string()));
             error!("reload refused, running configuration kept: {e}");
-            view.record_reload(Err(e.to_string()));
             return Err(format!("reload refused, running configuration kept: {e}"));
         }
     };
     let result = daemon.reload(config).await;
-    view.record_reload(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    record(result.as_ref().map(|_| ()).map_err(ToString::to_string));
     match result {
         Ok(report) => {
             let mut changes = Vec::new();

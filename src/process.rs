@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::control;
-use crate::daemon::{self, Daemon, DaemonView};
+use crate::daemon::{self, Daemon, DaemonView, Trigger};
 use crate::listeners::{self, Listeners};
 use crate::systemd;
 use crate::watch::FileWatch;
@@ -181,7 +181,7 @@ pub async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Reload { reply }) => {
-                    let verdict = reload(&mut daemon, path).await;
+                    let verdict = reload(&mut daemon, path, Trigger::Asked).await;
                     files.follow(&daemon);
                     if let Some(reply) = reply {
                         let _ = reply.send(verdict);
@@ -194,7 +194,7 @@ pub async fn run(
             },
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
-                    let verdict = reload(&mut daemon, path).await;
+                    let verdict = reload(&mut daemon, path, Trigger::Asked).await;
                     files.follow(&daemon);
                     let _ = request.reply.send(verdict);
                 }
@@ -209,8 +209,7 @@ pub async fn run(
                     // change. A refusal keeps the old material; the watch
                     // has taken the new stamps, so the next attempt waits
                     // for the file to change again.
-                    let verdict = reload(&mut daemon, path).await;
-                    daemon.view().record_file_reload(verdict.is_ok());
+                    let _ = reload(&mut daemon, path, Trigger::FileChanged).await;
                     files.follow(&daemon);
                 }
             },
@@ -269,7 +268,7 @@ impl Files {
         let mut f = Files {
             every: None,
             tick: None,
-            watch: Some(FileWatch::new(&daemon.view().watched_paths())),
+            watch: Some(FileWatch::default()),
         };
         f.follow(daemon);
         f
@@ -283,7 +282,9 @@ impl Files {
         }
         self.every = every;
         self.tick = every.map(|d| {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            // The first check at once: it compares the files with what
+            // was loaded, so that a change made meanwhile is not missed.
+            let mut tick = tokio::time::interval(d);
             // A slow reload must not be followed by a burst of checks.
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick
@@ -304,13 +305,13 @@ impl Files {
         }
     }
 
-    /// Stats the files on a blocking thread (a stat may wait on a slow
+    /// Checks the files on a blocking thread (a stat may wait on a slow
     /// disk or a network file system); returns those that changed.
     async fn check(&mut self, daemon: &Daemon) -> Vec<PathBuf> {
-        let paths = daemon.view().watched_paths();
+        let files = daemon.view().watched_files();
         let mut watch = self.watch.take().unwrap_or_default();
         match tokio::task::spawn_blocking(move || {
-            let changed = watch.changed(&paths);
+            let changed = watch.changed(&files);
             (watch, changed)
         })
         .await
@@ -322,7 +323,7 @@ impl Files {
             Err(e) => {
                 // Only a panic in the stat calls gets here: start afresh.
                 warn!("file check failed: {e}");
-                self.watch = Some(FileWatch::new(&daemon.view().watched_paths()));
+                self.watch = Some(FileWatch::default());
                 Vec::new()
             }
         }
@@ -351,9 +352,9 @@ fn forward_signals(commands: mpsc::Sender<Command>) -> std::io::Result<()> {
 }
 
 /// One reload, framed by the notifications systemd expects.
-async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+async fn reload(daemon: &mut Daemon, path: &Path, trigger: Trigger) -> Result<String, String> {
     systemd::notify_reloading();
-    let verdict = daemon::reload(daemon, path).await;
+    let verdict = daemon::reload_for(daemon, path, trigger).await;
     let services = daemon.service_count();
     let outcome = match &verdict {
         Ok(_) => "last reload OK",

@@ -225,7 +225,10 @@ mod tests {
         );
         for ok in ["0s", "100ms", "1h"] {
             let found = problems(&format!("[daemon]\nwatch_files = \"{ok}\"\n"));
-            assert!(!found.iter().any(|p| p.contains("watch_files")), "{found:?}");
+            assert!(
+                !found.iter().any(|p| p.contains("watch_files")),
+                "{found:?}"
+            );
         }
     }
 
