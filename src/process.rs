@@ -182,7 +182,7 @@ pub async fn run(
             command = commands.recv() => match command {
                 Some(Command::Reload { reply }) => {
                     let verdict = reload(&mut daemon, path, Trigger::Asked).await;
-                    files.follow(&daemon);
+                    files.after_asked_reload(&daemon, verdict.is_ok());
                     if let Some(reply) = reply {
                         let _ = reply.send(verdict);
                     }
@@ -195,7 +195,7 @@ pub async fn run(
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
                     let verdict = reload(&mut daemon, path, Trigger::Asked).await;
-                    files.follow(&daemon);
+                    files.after_asked_reload(&daemon, verdict.is_ok());
                     let _ = request.reply.send(verdict);
                 }
             },
@@ -293,6 +293,17 @@ impl Files {
             Some(d) => info!(every = ?d, "watching certificate, key, CA and CRL files for changes"),
             None => info!("not watching files for changes (watch_files = \"0s\"): reload to apply a new certificate"),
         }
+    }
+
+    /// After SIGHUP or `dctunnel reload`: a reload that succeeded loaded
+    /// the files as they are now, so the next check compares them with
+    /// what was loaded rather than with their old stamps (which would
+    /// reload a second time for the change just applied).
+    fn after_asked_reload(&mut self, daemon: &Daemon, ok: bool) {
+        if ok {
+            self.watch = Some(FileWatch::default());
+        }
+        self.follow(daemon);
     }
 
     /// Waits for the next check; forever when the watch is off.
