@@ -345,6 +345,11 @@ pub struct ReloadStatus {
     /// When the configuration in force was loaded, RFC 3339.
     pub last_success: Option<String>,
     pub last_error: Option<String>,
+    /// Attempts started by a changed file, and those refused.
+    #[serde(default)]
+    pub file_triggered: u64,
+    #[serde(default)]
+    pub file_triggered_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +368,20 @@ pub struct ServiceStatus {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub certificates: Vec<CertificateStatus>,
+    /// Per peer identity, the certificate seen in handshakes that expires
+    /// first.
+    #[serde(default)]
+    pub peer_certificates: Vec<PeerCertificateStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerCertificateStatus {
+    pub peer: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Negative once expired.
+    pub expires_in_seconds: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -412,6 +431,18 @@ pub fn status(view: &DaemonView) -> Status {
                         serial: c.serial,
                     })
                     .collect(),
+                peer_certificates: s
+                    .state
+                    .peer_expiry
+                    .earliest()
+                    .into_iter()
+                    .map(|p| PeerCertificateStatus {
+                        expires_in_seconds: p.not_after.saturating_sub(metrics::unix_seconds(now)),
+                        not_after: rfc3339_unix(p.not_after),
+                        peer: p.peer,
+                        serial: p.serial,
+                    })
+                    .collect(),
                 name,
             }
         })
@@ -425,6 +456,8 @@ pub fn status(view: &DaemonView) -> Status {
             last_failed: r.last_failed,
             last_success: r.last_success.map(rfc3339),
             last_error: r.last_error,
+            file_triggered: r.file_triggered,
+            file_triggered_failures: r.file_triggered_failures,
         },
         services,
     }

@@ -92,6 +92,8 @@ pub struct ServiceState {
     pub connect_seconds: Histogram,
     /// Lifetime of forwarded connections, in seconds.
     pub duration_seconds: Histogram,
+    /// When the certificates peers showed expire.
+    pub peer_expiry: PeerExpiry,
 }
 
 impl Default for ServiceState {
@@ -124,6 +126,7 @@ impl Default for ServiceState {
             handshake_seconds: Histogram::new(fast),
             connect_seconds: Histogram::new(fast),
             duration_seconds: Histogram::new(long),
+            peer_expiry: PeerExpiry::default(),
         }
     }
 }
@@ -247,5 +250,165 @@ impl Drop for ConnGuard {
                 open.per_source.remove(&ip);
             }
         }
+    }
+}
+
+/// Peer identities a service remembers the certificates of. A client host
+/// is one identity; far more than any deployment has, few enough that the
+/// metrics stay small if a CA signs certificates for many names.
+pub const PEERS_KEPT: usize = 1024;
+/// Certificates remembered per identity: a renewal overlaps the old and
+/// the new one; several hosts may share an identity.
+const CERTS_PER_PEER: usize = 4;
+/// A certificate not shown for this long, while the identity has shown
+/// another since, no longer counts: once a host is renewed, the old
+/// certificate's expiry stops showing a day after its last handshake.
+const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// The certificates each peer identity showed in its handshakes, so that
+/// a client host's certificate about to expire shows on the server's
+/// metrics weeks ahead (the server's own files do not hold it).
+#[derive(Debug, Default)]
+pub struct PeerExpiry {
+    peers: Mutex<HashMap<String, Vec<SeenCert>>>,
+}
+
+#[derive(Debug, Clone)]
+struct SeenCert {
+    serial: String,
+    /// Unix time.
+    not_after: i64,
+    last_seen: SystemTime,
+}
+
+/// The certificate of a peer identity that expires first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The identities of the certificate, comma-separated.
+    pub peer: String,
+    pub serial: String,
+    /// Unix time.
+    pub not_after: i64,
+}
+
+impl PeerExpiry {
+    /// Notes that `peer` showed the certificate `serial`, valid until
+    /// `not_after` (Unix time), at `now`.
+    pub fn record(&self, peer: &str, serial: &str, not_after: i64, now: SystemTime) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if !peers.contains_key(peer) && peers.len() >= PEERS_KEPT {
+            // The identity seen least recently makes room.
+            let oldest = peers
+                .iter()
+                .min_by_key(|(_, certs)| certs.iter().map(|c| c.last_seen).max())
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                peers.remove(&oldest);
+            }
+        }
+        let certs = peers.entry(peer.to_owned()).or_default();
+        match certs.iter_mut().find(|c| c.serial == serial) {
+            Some(c) => {
+                c.last_seen = now;
+                c.not_after = not_after;
+            }
+            None => certs.push(SeenCert {
+                serial: serial.to_owned(),
+                not_after,
+                last_seen: now,
+            }),
+        }
+        // The certificate just shown stays; others go once stale.
+        certs.retain(|c| {
+            c.serial == serial
+                || now
+                    .duration_since(c.last_seen)
+                    .map_or(true, |d| d < FORGET_AFTER)
+        });
+        while certs.len() > CERTS_PER_PEER {
+            let Some(i) = certs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.last_seen)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            certs.remove(i);
+        }
+    }
+
+    /// Per identity, the remembered certificate that expires first, sorted
+    /// by identity.
+    pub fn earliest(&self) -> Vec<PeerCertificate> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<PeerCertificate> = peers
+            .iter()
+            .filter_map(|(peer, certs)| {
+                certs
+                    .iter()
+                    .min_by_key(|c| c.not_after)
+                    .map(|c| PeerCertificate {
+                        peer: peer.clone(),
+                        serial: c.serial.clone(),
+                        not_after: c.not_after,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+}
+
+#[cfg(test)]
+mod peer_expiry_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_earliest_recent_certificate_counts_and_the_map_is_bounded() {
+        let e = PeerExpiry::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        e.record("off1", "01", 500, t0);
+        e.record("off1", "02", 900, t0 + Duration::from_secs(60));
+        // Both shown within a day: the earlier expiry is the one to act on.
+        assert_eq!(e.earliest()[0].not_after, 500);
+        // A day after the old certificate's last handshake, it is forgotten.
+        e.record(
+            "off1",
+            "02",
+            900,
+            t0 + FORGET_AFTER + Duration::from_secs(1),
+        );
+        assert_eq!(
+            e.earliest(),
+            vec![PeerCertificate {
+                peer: "off1".into(),
+                serial: "02".into(),
+                not_after: 900
+            }]
+        );
+        // The only certificate of an identity stays however old.
+        e.record("off2", "03", 700, t0);
+        e.record("off2", "03", 700, t0 + 10 * FORGET_AFTER);
+        assert_eq!(e.earliest().len(), 2);
+
+        for i in 0..PEERS_KEPT + 10 {
+            e.record(
+                &format!("host{i:05}"),
+                "04",
+                800,
+                t0 + 20 * FORGET_AFTER + Duration::from_secs(i as u64),
+            );
+        }
+        let kept = e.earliest();
+        assert_eq!(kept.len(), PEERS_KEPT);
+        // The identities seen least recently went first.
+        assert!(!kept
+            .iter()
+            .any(|p| p.peer == "off1" || p.peer == "host00000"));
+        assert!(kept
+            .iter()
+            .any(|p| p.peer == format!("host{:05}", PEERS_KEPT + 9)));
     }
 }

@@ -31,6 +31,8 @@ pub struct Daemon {
     /// deadline the shutdown's own deadline replaces.
     stopping: CancellationToken,
     shutdown_timeout: Duration,
+    /// `[daemon].watch_files` of the configuration in force.
+    watch_files: Option<Duration>,
     /// The admin address the daemon started with (a reload cannot move it).
     admin: Option<SocketAddr>,
 }
@@ -83,6 +85,10 @@ pub struct ReloadStats {
     pub last_success: Option<std::time::SystemTime>,
     /// The error of the most recent failed attempt.
     pub last_error: Option<String>,
+    /// Of the attempts, those started because a file a service uses
+    /// changed on disk (`[daemon].watch_files`), and those of them refused.
+    pub file_triggered: u64,
+    pub file_triggered_failures: u64,
 }
 
 impl DaemonView {
@@ -112,6 +118,31 @@ impl DaemonView {
     /// the connections still listed are being drained.
     pub fn draining(&self) -> bool {
         self.read().draining
+    }
+
+    /// Counts a reload started by a file change, once it is done (its
+    /// outcome is also recorded by [`DaemonView::record_reload`]).
+    pub fn record_file_reload(&self, ok: bool) {
+        let mut v = self.write();
+        v.reloads.file_triggered += 1;
+        if !ok {
+            v.reloads.file_triggered_failures += 1;
+        }
+    }
+
+    /// Every certificate, key, CA and CRL file the running services use,
+    /// each once, with the contents they loaded from it: what
+    /// [`crate::watch`] checks.
+    pub fn watched_files(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = self
+            .read()
+            .services
+            .values()
+            .flat_map(|r| r.settings.borrow().fingerprint.files.clone())
+            .collect();
+        files.sort();
+        files.dedup_by(|a, b| a.0 == b.0);
+        files
     }
 
     /// Records the outcome of a reload attempt (`Err` holds the reason).
@@ -196,6 +227,7 @@ impl Daemon {
             close_all: CancellationToken::new(),
             stopping: CancellationToken::new(),
             shutdown_timeout: config.shutdown_timeout,
+            watch_files: config.watch_files,
             admin: config.admin,
         };
         let mut bound = Vec::new();
@@ -269,6 +301,12 @@ impl Daemon {
             .map(|r| r.state.clone())
     }
 
+    /// How often the files of the services are checked for changes
+    /// (`None`: never), as the configuration in force says.
+    pub fn watch_files(&self) -> Option<Duration> {
+        self.watch_files
+    }
+
     /// How many services are running.
     pub fn service_count(&self) -> usize {
         self.registry.read().services.len()
@@ -294,6 +332,7 @@ impl Daemon {
             let _ = handle.await;
         }
         self.shutdown_timeout = config.shutdown_timeout;
+        self.watch_files = config.watch_files;
         if config.admin != self.admin {
             warn!(
                 running = ?self.admin,
@@ -453,22 +492,48 @@ fn bind_error(s: &Service, source: std::io::Error) -> BindError {
     }
 }
 
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP or `dctunnel reload`.
+    Asked,
+    /// A certificate, key, CA or CRL file changed on disk.
+    FileChanged,
+}
+
 /// Re-reads the configuration and applies it, or keeps everything as it is
 /// and says why. Returns a one-line summary of what changed, or the reason
 /// for the refusal (both also logged).
 pub async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+    reload_for(daemon, path, Trigger::Asked).await
+}
+
+/// [`reload`], counted as started by `trigger`. The outcome is recorded
+/// before it is logged, so that whoever reads the log line finds it in
+/// the metrics.
+pub async fn reload_for(
+    daemon: &mut Daemon,
+    path: &Path,
+    trigger: Trigger,
+) -> Result<String, String> {
     info!(config = %path.display(), "reloading");
     let view = daemon.view();
+    let record = |result: Result<(), String>| {
+        if trigger == Trigger::FileChanged {
+            view.record_file_reload(result.is_ok());
+        }
+        view.record_reload(result);
+    };
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            record(Err(e.to_string()));
             error!("reload refused, running configuration kept: {e}");
-            view.record_reload(Err(e.to_string()));
             return Err(format!("reload refused, running configuration kept: {e}"));
         }
     };
     let result = daemon.reload(config).await;
-    view.record_reload(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    record(result.as_ref().map(|_| ()).map_err(ToString::to_string));
     match result {
         Ok(report) => {
             let mut changes = Vec::new();

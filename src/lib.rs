@@ -10,6 +10,7 @@
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
+//! - [`watch`]: notices certificate, key, CA and CRL files changed on disk.
 //! - [`process`]: `dctunnel run`, the process around the daemon: runtime,
 //!   signals, control socket, admin endpoint, systemd notifications.
 //! - [`listeners`]: listening sockets, new or kept open by systemd across a restart.
@@ -49,4 +50,5 @@ pub mod status;
 pub mod stunnel;
 pub mod systemd;
 pub mod tls;
+pub mod watch;
 pub mod x509;

@@ -22,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::Service;
+use crate::connections::PeerCertificate;
 use crate::daemon::DaemonView;
 use crate::service::Rejection;
 use crate::x509;
@@ -222,7 +223,7 @@ impl Collector for ViewCollector {
         single(
             e,
             "dctunnel_config_reloads",
-            "Configuration reload attempts (SIGHUP) since start.",
+            "Configuration reload attempts (SIGHUP, dctunnel reload, a changed file) since start.",
             MetricType::Counter,
             Some(ConstCounter::new(reloads.attempts)),
         )?;
@@ -232,6 +233,22 @@ impl Collector for ViewCollector {
             "Reload attempts that were refused (the running configuration was kept).",
             MetricType::Counter,
             Some(ConstCounter::new(reloads.failures)),
+        )?;
+        single(
+            e,
+            "dctunnel_file_reloads",
+            "Reload attempts started because a certificate, key, CA or CRL file changed on disk \
+             (counted in dctunnel_config_reloads too).",
+            MetricType::Counter,
+            Some(ConstCounter::new(reloads.file_triggered)),
+        )?;
+        single(
+            e,
+            "dctunnel_file_reload_failures",
+            "Reloads started by a file change that were refused (a half-written or invalid file: \
+             the material in use was kept).",
+            MetricType::Counter,
+            Some(ConstCounter::new(reloads.file_triggered_failures)),
         )?;
         single(
             e,
@@ -432,6 +449,30 @@ impl Collector for ViewCollector {
                         ("serial", c.serial.as_str()),
                     ],
                     ConstGauge::new(c.expires_in(now)),
+                )
+            }),
+        )?;
+        let now_unix = unix_seconds(now);
+        let peers: Vec<(&str, PeerCertificate)> = services
+            .iter()
+            .flat_map(|(name, s)| {
+                s.state
+                    .peer_expiry
+                    .earliest()
+                    .into_iter()
+                    .map(move |p| (name.as_str(), p))
+            })
+            .collect();
+        family(
+            e,
+            "dctunnel_peer_certificate_expiry_seconds",
+            "Seconds until the notAfter of the certificate each peer identity showed in its \
+             handshakes (negative once expired); the earliest of those seen within a day.",
+            MetricType::Gauge,
+            peers.iter().map(|(service, p)| {
+                (
+                    vec![("service", *service), ("peer", p.peer.as_str())],
+                    ConstGauge::new(p.not_after.saturating_sub(now_unix)),
                 )
             }),
         )?;

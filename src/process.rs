@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -12,9 +13,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::control;
-use crate::daemon::{self, Daemon, DaemonView};
+use crate::daemon::{self, Daemon, DaemonView, Trigger};
 use crate::listeners::{self, Listeners};
 use crate::systemd;
+use crate::watch::FileWatch;
 
 /// `dctunnel run`: loads the configuration, runs until SIGTERM or SIGINT,
 /// reloads on SIGHUP or on `dctunnel reload` through the control socket.
@@ -178,11 +180,13 @@ pub async fn run(
             }
         })
     });
+    let mut files = Files::start(&daemon);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Reload { reply }) => {
-                    let verdict = reload(&mut daemon, path).await;
+                    let verdict = reload(&mut daemon, path, Trigger::Asked).await;
+                    files.after_asked_reload(&daemon, verdict.is_ok());
                     if let Some(reply) = reply {
                         let _ = reply.send(verdict);
                     }
@@ -194,8 +198,23 @@ pub async fn run(
             },
             Some(request) = requests.recv() => match request.command {
                 control::Command::Reload => {
-                    let verdict = reload(&mut daemon, path).await;
+                    let verdict = reload(&mut daemon, path, Trigger::Asked).await;
+                    files.after_asked_reload(&daemon, verdict.is_ok());
                     let _ = request.reply.send(verdict);
+                }
+            },
+            () = files.tick() => {
+                let changed = files.check(&daemon).await;
+                if !changed.is_empty() {
+                    let names: Vec<String> =
+                        changed.iter().map(|p| p.display().to_string()).collect();
+                    info!(files = %names.join(", "), config = %path.display(), "file changed: reloading");
+                    // The same reload as SIGHUP's: one way for material to
+                    // change. A refusal keeps the old material; the watch
+                    // has taken the new stamps, so the next attempt waits
+                    // for the file to change again.
+                    let _ = reload(&mut daemon, path, Trigger::FileChanged).await;
+                    files.follow(&daemon);
                 }
             },
         }
@@ -240,6 +259,92 @@ pub async fn run(
     Ok(())
 }
 
+/// The periodic check of the files the services use (`[daemon].watch_files`).
+struct Files {
+    every: Option<Duration>,
+    tick: Option<tokio::time::Interval>,
+    /// `None` while a check runs (it is moved to a blocking thread).
+    watch: Option<FileWatch>,
+}
+
+impl Files {
+    fn start(daemon: &Daemon) -> Files {
+        let mut f = Files {
+            every: None,
+            tick: None,
+            watch: Some(FileWatch::default()),
+        };
+        f.follow(daemon);
+        f
+    }
+
+    /// Takes up the period of the configuration in force after a reload.
+    fn follow(&mut self, daemon: &Daemon) {
+        let every = daemon.watch_files();
+        if every == self.every {
+            return;
+        }
+        self.every = every;
+        self.tick = every.map(|d| {
+            // The first check at once: it compares the files with what
+            // was loaded, so that a change made meanwhile is not missed.
+            let mut tick = tokio::time::interval(d);
+            // A slow reload must not be followed by a burst of checks.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        match every {
+            Some(d) => info!(every = ?d, "watching certificate, key, CA and CRL files for changes"),
+            None => info!("not watching files for changes (watch_files = \"0s\"): reload to apply a new certificate"),
+        }
+    }
+
+    /// After SIGHUP or `dctunnel reload`: a reload that succeeded loaded
+    /// the files as they are now, so the next check compares them with
+    /// what was loaded rather than with their old stamps (which would
+    /// reload a second time for the change just applied).
+    fn after_asked_reload(&mut self, daemon: &Daemon, ok: bool) {
+        if ok {
+            self.watch = Some(FileWatch::default());
+        }
+        self.follow(daemon);
+    }
+
+    /// Waits for the next check; forever when the watch is off.
+    async fn tick(&mut self) {
+        match &mut self.tick {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Checks the files on a blocking thread (a stat may wait on a slow
+    /// disk or a network file system); returns those that changed.
+    async fn check(&mut self, daemon: &Daemon) -> Vec<PathBuf> {
+        let files = daemon.view().watched_files();
+        let mut watch = self.watch.take().unwrap_or_default();
+        match tokio::task::spawn_blocking(move || {
+            let changed = watch.changed(&files);
+            (watch, changed)
+        })
+        .await
+        {
+            Ok((watch, changed)) => {
+                self.watch = Some(watch);
+                changed
+            }
+            Err(e) => {
+                // Only a panic in the stat calls gets here: start afresh.
+                warn!("file check failed: {e}");
+                self.watch = Some(FileWatch::default());
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// Turns signals into [`Command`]s: SIGHUP reloads, SIGTERM and SIGINT stop.
 fn forward_signals(commands: mpsc::Sender<Command>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -262,9 +367,9 @@ fn forward_signals(commands: mpsc::Sender<Command>) -> std::io::Result<()> {
 }
 
 /// One reload, framed by the notifications systemd expects.
-async fn reload(daemon: &mut Daemon, path: &Path) -> Result<String, String> {
+async fn reload(daemon: &mut Daemon, path: &Path, trigger: Trigger) -> Result<String, String> {
     systemd::notify_reloading();
-    let verdict = daemon::reload(daemon, path).await;
+    let verdict = daemon::reload_for(daemon, path, trigger).await;
     let services = daemon.service_count();
     let outcome = match &verdict {
         Ok(_) => "last reload OK",

@@ -213,6 +213,20 @@ where
     }
     // Set once per connection, so it cannot be set already.
     let _ = guard.info.peer.set(ids.join(","));
+    // The peer's expiry, for the metrics: on a resumed handshake too, so
+    // that a peer whose sessions keep resuming still shows.
+    if let Some(info) = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::x509::CertInfo::parse(c).ok())
+    {
+        state.peer_expiry.record(
+            &ids.join(","),
+            &info.serial,
+            info.not_after.unix_timestamp(),
+            std::time::SystemTime::now(),
+        );
+    }
     Ok((stream, ids))
 }
 

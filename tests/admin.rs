@@ -857,6 +857,9 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         },
     )
     .await;
+    // One connection, so that the metrics of peers seen in handshakes exist.
+    let mut c = TcpStream::connect(t.entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut c, b"hello").await, b"hello");
     let addr = admin(t.daemon.view()).await;
     let s = scrape(addr).await;
     let mut exported: Vec<String> = Vec::new();

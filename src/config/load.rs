@@ -24,6 +24,9 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// for hours, and TCP keepalive already finds dead peers.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[daemon].watch_files`: often enough that a renewed certificate is in
+/// use within seconds, rarely enough that the stat calls cost nothing.
+const DEFAULT_WATCH_FILES: Duration = Duration::from_secs(5);
 
 /// The upper bounds of the numbers a user writes, so that `check` accepts
 /// only what `run` can start and carry (the README lists them). Each is
@@ -37,6 +40,8 @@ pub mod bounds {
     pub const IDLE_TIMEOUT: (Duration, &str) = (Duration::from_secs(30 * 86400), "30d");
     /// `[daemon].shutdown_timeout`: one hour.
     pub const SHUTDOWN_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `[daemon].watch_files`: one hour.
+    pub const WATCH_FILES: (Duration, &str) = (Duration::from_secs(3600), "1h");
     /// `[daemon].worker_threads`.
     pub const WORKER_THREADS: usize = 256;
     /// `max_connections`, `max_connections_per_source`: each connection
@@ -111,6 +116,7 @@ struct Defaults {
 struct Daemon {
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
+    watch_files: Option<Duration>,
 }
 
 /// A service's timeouts, defaults applied.
@@ -205,6 +211,7 @@ impl Context {
             services,
             shutdown_timeout: daemon.shutdown_timeout,
             worker_threads: daemon.worker_threads,
+            watch_files: daemon.watch_files,
             admin,
         })
     }
@@ -317,9 +324,18 @@ impl Context {
             ),
             _ => {}
         }
+        let watch_files = self.duration(
+            &DAEMON,
+            "watch_files",
+            &raw.watch_files,
+            DEFAULT_WATCH_FILES,
+            bounds::WATCH_FILES,
+        );
         Daemon {
             shutdown_timeout,
             worker_threads: raw.worker_threads,
+            // "0s" turns the watch off.
+            watch_files: Some(watch_files).filter(|d| !d.is_zero()),
         }
     }
 

@@ -50,6 +50,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Threads carrying connections; `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// How often the files the services use are checked for changes (a
+    /// changed file reloads the configuration); `None`: never.
+    pub watch_files: Option<Duration>,
     /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
     pub admin: Option<SocketAddr>,
 }
@@ -203,6 +206,31 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[daemon] watch_files` has a bound that `check` enforces, and "0s"
+    /// (off) is accepted.
+    #[test]
+    fn watch_files_is_bounded() {
+        let problems = |text: &str| -> Vec<String> {
+            match parse(std::path::Path::new("/etc/dctunnel/t.toml"), text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+            }
+        };
+        let long = problems("[daemon]\nwatch_files = \"2h\"\n");
+        assert!(
+            long.iter()
+                .any(|p| p.contains("watch_files") && p.contains("longer than 1h")),
+            "{long:?}"
+        );
+        for ok in ["0s", "100ms", "1h"] {
+            let found = problems(&format!("[daemon]\nwatch_files = \"{ok}\"\n"));
+            assert!(
+                !found.iter().any(|p| p.contains("watch_files")),
+                "{found:?}"
+            );
+        }
+    }
 
     /// Reload tells kept from updated by the fingerprint: the settings as
     /// written, and the contents of the files, so that a certificate

@@ -87,4 +87,5 @@ pub(super) struct RawAdmin {
 pub(super) struct RawDaemon {
     pub shutdown_timeout: Option<String>,
     pub worker_threads: Option<usize>,
+    pub watch_files: Option<String>,
 }
