@@ -9,23 +9,21 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, RevocationReason,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::{
-    CertsError, RequestProblem, CA_CERT_FILE, CA_CRL_FILE, CA_KEY_FILE, DEFAULT_CA_DAYS,
-    DEFAULT_CA_NAME, DEFAULT_HOST_DAYS, MAX_DAYS,
+    CertsError, CA_CERT_FILE, CA_CRL_FILE, CA_KEY_FILE, DEFAULT_CA_DAYS, DEFAULT_CA_NAME,
+    DEFAULT_HOST_DAYS, MAX_DAYS,
 };
 use crate::x509::{self, hex_serial, strip_zeros, CertInfo};
 
@@ -133,42 +131,6 @@ pub struct Written {
     pub serial: String,
     /// End of validity.
     pub not_after: OffsetDateTime,
-}
-
-/// Options of [`request`]: the names a host asks for, and its key type.
-#[derive(Clone, Debug)]
-pub struct RequestOptions {
-    /// Host name: the common name, the first DNS SAN and the file name stem.
-    pub name: String,
-    /// Extra DNS SANs (no wildcards: `sign` refuses them).
-    pub dns: Vec<String>,
-    /// IP address SANs.
-    pub ips: Vec<IpAddr>,
-    /// Key algorithm.
-    pub key_type: KeyType,
-}
-
-/// What [`request`] or [`renew`] wrote.
-#[derive(Clone, Debug)]
-pub struct Requested {
-    /// The certificate signing request (PEM, mode 0644).
-    pub csr_path: PathBuf,
-    /// The new private key (mode 0600), or `None` when an existing key signed
-    /// the request (`renew --keep-key`).
-    pub key_path: Option<PathBuf>,
-    /// The names asked for, as `certs show` prints them (`DNS:…`, `IP:…`).
-    pub names: Vec<String>,
-    /// Pin of the requested key: `sign` prints the same one for the same key.
-    pub pin: String,
-}
-
-/// What [`sign`] wrote.
-#[derive(Clone, Debug)]
-pub struct Signed {
-    /// The certificate (PEM, mode 0644).
-    pub cert_path: PathBuf,
-    /// The facts of the certificate just signed.
-    pub info: CertInfo,
 }
 
 /// What to revoke.
@@ -284,242 +246,6 @@ pub fn keygen(out_dir: &Path, opts: &HostOptions) -> Result<Written, CertsError>
     create_dir(out_dir, false)?;
     write_pair(&cert_path, &key_path, &cert.pem(), &key.serialize_pem())?;
     written(cert_path, key_path, cert.der())
-}
-
-/// Makes a key and a certificate signing request for a host, on the host:
-/// `out_dir/<name>.key` (0600) and `out_dir/<name>.csr` (0644). Only the
-/// request is meant to travel to the CA ([`sign`]); the key stays here.
-pub fn request(out_dir: &Path, opts: &RequestOptions) -> Result<Requested, CertsError> {
-    let stem = opts.name.trim_end_matches('.');
-    let csr_path = out_dir.join(format!("{stem}.csr"));
-    let key_path = out_dir.join(format!("{stem}.key"));
-    let params = request_params(opts)?;
-    refuse_existing(&[&csr_path, &key_path])?;
-
-    let key = generate_key(opts.key_type)?;
-    let csr = params.serialize_request(&key).map_err(CertsError::Sign)?;
-    let csr_pem = csr.pem().map_err(CertsError::Sign)?;
-    create_dir(out_dir, false)?;
-    write_pair(&csr_path, &key_path, &csr_pem, &key.serialize_pem())?;
-    Ok(Requested {
-        csr_path: absolute(&csr_path),
-        key_path: Some(absolute(&key_path)),
-        names: san_texts(&params.subject_alt_names),
-        pin: x509::spki_pin_of_spki(&key.subject_public_key_info()),
-    })
-}
-
-/// Makes a certificate signing request with the same names as the host
-/// certificate `cert`, on the host, for [`sign`] on the admin machine:
-/// `out_dir/<name>.csr`, with a new key `out_dir/<name>.key` (0600) of the
-/// same type, or signed by the existing key `keep_key` (which must match
-/// `cert`) and then no key is written.
-pub fn renew(
-    cert: &Path,
-    out_dir: &Path,
-    keep_key: Option<&Path>,
-    key_type: Option<KeyType>,
-) -> Result<Requested, CertsError> {
-    let der = first_cert(cert)?;
-    let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertsError::Parse {
-        path: cert.to_path_buf(),
-        index: 1,
-        what: "certificate",
-        source: e.into(),
-    })?;
-    let not_renewable = |why| CertsError::NotRenewable {
-        path: cert.to_path_buf(),
-        why,
-    };
-    if parsed.is_ca() {
-        return Err(not_renewable(
-            "is a CA certificate; renew makes requests for host certificates",
-        ));
-    }
-    let mut dns = Vec::new();
-    let mut ips = Vec::new();
-    if let Ok(Some(san)) = parsed.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-                GeneralName::IPAddress(bytes) => match ip_from_bytes(bytes) {
-                    Some(ip) => ips.push(ip),
-                    None => return Err(not_renewable("holds an IP name that is not an address")),
-                },
-                _ => {
-                    return Err(not_renewable(
-                        "holds a name that is neither a DNS name nor an IP address",
-                    ))
-                }
-            }
-        }
-    }
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
-    // The host name is the common name, as `issue` and `request` write it;
-    // a certificate without one is named by its first DNS name.
-    let name = match cn {
-        Some(cn) => cn,
-        None if !dns.is_empty() => dns.remove(0),
-        None => return Err(not_renewable("names no host (no common name, no DNS name)")),
-    };
-    let old_type = if x509::CertInfo::parse(&der)
-        .map(|i| i.key_type == "Ed25519")
-        .unwrap_or(false)
-    {
-        KeyType::Ed25519
-    } else {
-        KeyType::EcdsaP256
-    };
-    let opts = RequestOptions {
-        name,
-        dns,
-        ips,
-        key_type: key_type.unwrap_or(old_type),
-    };
-    let Some(key_file) = keep_key else {
-        return request(out_dir, &opts);
-    };
-
-    let stem = opts.name.trim_end_matches('.');
-    let csr_path = out_dir.join(format!("{stem}.csr"));
-    let params = request_params(&opts)?;
-    refuse_existing(&[&csr_path])?;
-    let key_pem = fs::read_to_string(key_file).map_err(|source| CertsError::Read {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|source| CertsError::Key {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
-    if key.subject_public_key_info() != parsed.public_key().raw {
-        return Err(CertsError::KeyMismatch {
-            key: key_file.to_path_buf(),
-            cert: cert.to_path_buf(),
-        });
-    }
-    let csr = params.serialize_request(&key).map_err(CertsError::Sign)?;
-    let csr_pem = csr.pem().map_err(CertsError::Sign)?;
-    create_dir(out_dir, false)?;
-    write_new(&csr_path, csr_pem.as_bytes(), 0o644)?;
-    Ok(Requested {
-        csr_path: absolute(&csr_path),
-        key_path: None,
-        names: san_texts(&params.subject_alt_names),
-        pin: x509::spki_pin_of_spki(&key.subject_public_key_info()),
-    })
-}
-
-/// Checks a certificate signing request and signs it with the CA in
-/// `ca_dir`, writing `out_dir/<name>.pem` (0644; `out_dir` defaults to the
-/// request's folder). Before signing: the request's self-signature must
-/// verify, it must not ask for a CA, and every name must be an exact DNS
-/// name (no wildcard) or an IP address. The certificate carries only those
-/// names (the common name first), and the usages and validity the CA sets:
-/// serverAuth + clientAuth, not a CA, `days` days.
-pub fn sign(
-    ca_dir: &Path,
-    request_path: &Path,
-    out_dir: Option<&Path>,
-    days: u32,
-) -> Result<Signed, CertsError> {
-    check_days(days)?;
-    let ca = Ca::load(ca_dir)?;
-    let refuse = |problem| CertsError::Request {
-        path: request_path.to_path_buf(),
-        problem,
-    };
-    let pems = read_pem(request_path)?;
-    if pems.iter().any(|p| p.label.contains("PRIVATE KEY")) {
-        return Err(refuse(RequestProblem::HoldsPrivateKey));
-    }
-    let der = pems
-        .into_iter()
-        .find(|p| p.label == "CERTIFICATE REQUEST" || p.label == "NEW CERTIFICATE REQUEST")
-        .map(|p| p.contents)
-        .ok_or_else(|| refuse(RequestProblem::NotFound))?;
-    let (_, csr) =
-        X509CertificationRequest::from_der(&der).map_err(|_| refuse(RequestProblem::Invalid))?;
-    csr.verify_signature()
-        .map_err(|_| refuse(RequestProblem::BadSignature))?;
-
-    let mut dns = Vec::new();
-    let mut ips = Vec::new();
-    for ext in csr.requested_extensions().into_iter().flatten() {
-        match ext {
-            ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                return Err(refuse(RequestProblem::AsksForCa))
-            }
-            ParsedExtension::SubjectAlternativeName(san) => {
-                for n in &san.general_names {
-                    match n {
-                        GeneralName::DNSName(d) => dns.push(exact_dns_name(d).map_err(refuse)?),
-                        GeneralName::IPAddress(bytes) => ips.push(
-                            ip_from_bytes(bytes).ok_or_else(|| refuse(RequestProblem::Invalid))?,
-                        ),
-                        other => {
-                            return Err(refuse(RequestProblem::UnsupportedName(
-                                general_name_kind(other).to_owned(),
-                            )))
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let cn = csr
-        .certification_request_info
-        .subject
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
-    let name = match cn {
-        Some(cn) => exact_dns_name(&cn).map_err(refuse)?,
-        None if !dns.is_empty() => dns.remove(0),
-        None => return Err(refuse(RequestProblem::NoName)),
-    };
-    // rcgen re-parses and re-verifies the request; it is the one that knows
-    // which key algorithms it can write into a certificate.
-    let mut signing =
-        CertificateSigningRequestParams::from_der(&der.as_slice().into()).map_err(|e| {
-            refuse(match e {
-                rcgen::Error::InvalidCertificationRequestSignature => RequestProblem::BadSignature,
-                rcgen::Error::UnsupportedExtension => RequestProblem::UnsupportedExtension,
-                rcgen::Error::UnsupportedSignatureAlgorithm => RequestProblem::KeyAlgorithm,
-                _ => RequestProblem::Invalid,
-            })
-        })?;
-    let opts = HostOptions {
-        name,
-        dns,
-        ips,
-        days,
-        key_type: KeyType::default(),
-    };
-    let out_dir = match out_dir {
-        Some(d) => d.to_path_buf(),
-        None => request_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-    };
-    let (cert_path, _) = host_paths(&out_dir, &opts.name);
-    let mut params = host_params(&opts)?;
-    refuse_existing(&[&cert_path])?;
-    params.use_authority_key_identifier_extension = true;
-    // The request's own usages, CA flag and subject attributes are dropped:
-    // the CA decides them; only the names checked above are kept.
-    signing.params = params;
-    let cert = signing.signed_by(&ca.issuer).map_err(CertsError::Sign)?;
-    create_dir(&out_dir, false)?;
-    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    Ok(Signed {
-        cert_path: absolute(&cert_path),
-        info: cert_info(cert.der())?,
-    })
 }
 
 /// Adds a serial to `ca_dir/ca.crl` (created if missing) and re-signs it with
@@ -657,15 +383,15 @@ pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, CertsError> {
 }
 
 /// The loaded CA: what signing and revoking need.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
+pub(super) struct Ca {
+    pub(super) issuer: Issuer<'static, KeyPair>,
     subject_raw: Vec<u8>,
     ski: Option<Vec<u8>>,
     not_after: OffsetDateTime,
 }
 
 impl Ca {
-    fn load(dir: &Path) -> Result<Ca, CertsError> {
+    pub(super) fn load(dir: &Path) -> Result<Ca, CertsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let der = first_cert(&cert_path)?;
@@ -809,7 +535,7 @@ fn authority_key_id<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
         })
 }
 
-fn host_params(opts: &HostOptions) -> Result<CertificateParams, CertsError> {
+pub(super) fn host_params(opts: &HostOptions) -> Result<CertificateParams, CertsError> {
     let name = opts.name.trim_end_matches('.');
     check_dns_name(name, false)?;
     let mut sans = vec![dns_san(name)?];
@@ -840,65 +566,7 @@ fn host_params(opts: &HostOptions) -> Result<CertificateParams, CertsError> {
     Ok(params)
 }
 
-/// The parameters of a request: the names of [`host_params`], no serial
-/// (a CA chooses it), no wildcard (`sign` would refuse it).
-fn request_params(opts: &RequestOptions) -> Result<CertificateParams, CertsError> {
-    if let Some(w) = opts.dns.iter().find(|d| d.contains('*')) {
-        return Err(CertsError::WildcardRequest(w.clone()));
-    }
-    let host = HostOptions {
-        name: opts.name.clone(),
-        dns: opts.dns.clone(),
-        ips: opts.ips.clone(),
-        days: DEFAULT_HOST_DAYS,
-        key_type: opts.key_type,
-    };
-    let mut params = host_params(&host)?;
-    params.serial_number = None;
-    Ok(params)
-}
-
-/// A requested DNS name, checked as `sign` wants it: exact, valid.
-fn exact_dns_name(name: &str) -> Result<String, RequestProblem> {
-    if name.contains('*') {
-        return Err(RequestProblem::Wildcard(name.to_owned()));
-    }
-    let bare = name.trim_end_matches('.');
-    check_dns_name(bare, false).map_err(|_| RequestProblem::InvalidName(name.to_owned()))?;
-    Ok(bare.to_owned())
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
-
-fn general_name_kind(name: &GeneralName<'_>) -> &'static str {
-    match name {
-        GeneralName::RFC822Name(_) => "e-mail address",
-        GeneralName::URI(_) => "URI",
-        GeneralName::DirectoryName(_) => "directory name",
-        GeneralName::RegisteredID(_) => "registered ID",
-        GeneralName::OtherName(..) => "other name",
-        _ => "unknown",
-    }
-}
-
-/// SANs as `certs show` prints them.
-fn san_texts(sans: &[SanType]) -> Vec<String> {
-    sans.iter()
-        .map(|s| match s {
-            SanType::DnsName(d) => format!("DNS:{}", d.as_str()),
-            SanType::IpAddress(ip) => format!("IP:{ip}"),
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
-
-fn dns_san(name: &str) -> Result<SanType, CertsError> {
+pub(super) fn dns_san(name: &str) -> Result<SanType, CertsError> {
     let ia5 = name
         .try_into()
         .map_err(|_| CertsError::InvalidName(name.to_owned()))?;
@@ -907,7 +575,7 @@ fn dns_san(name: &str) -> Result<SanType, CertsError> {
 
 /// Host names become file names and SANs: only letters, digits, `-`, `_` and
 /// dots, as a verifier would accept them. `*.` is allowed for extra SANs.
-fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), CertsError> {
+pub(super) fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), CertsError> {
     let bare = match name.strip_prefix("*.") {
         Some(rest) if allow_wildcard => rest,
         _ => name,
@@ -917,13 +585,13 @@ fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), CertsError> {
         .map_err(|_| CertsError::InvalidName(name.to_owned()))
 }
 
-fn common_name(name: &str) -> DistinguishedName {
+pub(super) fn common_name(name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn
 }
 
-fn set_validity(params: &mut CertificateParams, days: u32) {
+pub(super) fn set_validity(params: &mut CertificateParams, days: u32) {
     let now = OffsetDateTime::now_utc();
     // Whole seconds: certificates carry no fractions, and this keeps
     // `days_left` exact right after issuing.
@@ -932,14 +600,14 @@ fn set_validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + Duration::days(i64::from(days));
 }
 
-fn check_days(days: u32) -> Result<(), CertsError> {
+pub(super) fn check_days(days: u32) -> Result<(), CertsError> {
     if days == 0 || days > MAX_DAYS {
         return Err(CertsError::Days(days));
     }
     Ok(())
 }
 
-fn generate_key(key_type: KeyType) -> Result<KeyPair, CertsError> {
+pub(super) fn generate_key(key_type: KeyType) -> Result<KeyPair, CertsError> {
     let alg = match key_type {
         KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         KeyType::Ed25519 => &rcgen::PKCS_ED25519,
@@ -949,7 +617,7 @@ fn generate_key(key_type: KeyType) -> Result<KeyPair, CertsError> {
 
 /// 16 random bytes, first bit clear (positive) and second bit set (so the
 /// DER INTEGER is exactly 16 bytes long): 126 random bits.
-fn random_serial() -> Result<SerialNumber, CertsError> {
+pub(super) fn random_serial() -> Result<SerialNumber, CertsError> {
     let mut bytes = [0u8; 16];
     rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
@@ -959,7 +627,7 @@ fn random_serial() -> Result<SerialNumber, CertsError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn host_paths(out_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(super) fn host_paths(out_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let stem = name.trim_end_matches('.');
     (
         out_dir.join(format!("{stem}.pem")),
@@ -979,7 +647,7 @@ fn written(cert_path: PathBuf, key_path: PathBuf, der: &[u8]) -> Result<Written,
     })
 }
 
-fn refuse_existing(paths: &[&Path]) -> Result<(), CertsError> {
+pub(super) fn refuse_existing(paths: &[&Path]) -> Result<(), CertsError> {
     for p in paths {
         // symlink_metadata: a dangling symlink is also "something there".
         if fs::symlink_metadata(p).is_ok() {
@@ -989,7 +657,7 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), CertsError> {
     Ok(())
 }
 
-fn create_dir(dir: &Path, private: bool) -> Result<(), CertsError> {
+pub(super) fn create_dir(dir: &Path, private: bool) -> Result<(), CertsError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -1006,7 +674,7 @@ fn create_dir(dir: &Path, private: bool) -> Result<(), CertsError> {
 
 /// Writes the key (0600) then the certificate, both with `create_new`; if the
 /// certificate cannot be written the key just created is removed again.
-fn write_pair(
+pub(super) fn write_pair(
     cert_path: &Path,
     key_path: &Path,
     cert_pem: &str,
@@ -1022,7 +690,7 @@ fn write_pair(
 
 /// Creates `path` with `mode` (the mode applies from creation, before any byte
 /// is written; the umask can only remove bits), failing if it exists.
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
+pub(super) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1065,7 +733,7 @@ fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CertsError> {
     })
 }
 
-fn read_pem(path: &Path) -> Result<Vec<Pem>, CertsError> {
+pub(super) fn read_pem(path: &Path) -> Result<Vec<Pem>, CertsError> {
     let bytes = fs::read(path).map_err(|source| CertsError::Read {
         path: path.to_path_buf(),
         source,
@@ -1078,7 +746,7 @@ fn read_pem(path: &Path) -> Result<Vec<Pem>, CertsError> {
         })
 }
 
-fn first_cert(path: &Path) -> Result<Vec<u8>, CertsError> {
+pub(super) fn first_cert(path: &Path) -> Result<Vec<u8>, CertsError> {
     read_pem(path)?
         .into_iter()
         .find(|p| p.label == "CERTIFICATE")

@@ -10,10 +10,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::ca::{
-    absolute, cert_info, init_ca, issue, keygen, parse_serial, read_ca_not_after, renew, request,
-    revoke, show, sign, CaOptions, HostOptions, KeyType, Reason, RequestOptions, Requested,
-    RevokeTarget, Shown, Written,
+    absolute, cert_info, init_ca, issue, keygen, parse_serial, read_ca_not_after, revoke, show,
+    CaOptions, HostOptions, KeyType, Reason, RevokeTarget, Shown, Written,
 };
+use super::csr::{renew, request, sign, RequestOptions, Requested};
 use super::{CertsError, CA_CERT_FILE, DEFAULT_CA_DAYS, DEFAULT_CA_NAME, DEFAULT_HOST_DAYS};
 use crate::config::quote;
 use crate::x509::{human_time, rfc3339};

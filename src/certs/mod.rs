@@ -26,17 +26,18 @@ use std::path::PathBuf;
 
 pub mod ca;
 pub mod cli;
+pub mod csr;
 
 pub use crate::x509::{spki_pin_of_spki, CertInfo};
 pub use ca::{
-    cert_info, init_ca, issue, keygen, parse_serial, renew, request, revoke, show, sign, spki_pin,
-    CaOptions, CrlEntry, CrlInfo, HostOptions, KeyType, Reason, RequestOptions, Requested,
-    RevokeTarget, Revoked, Shown, Signed, Written,
+    cert_info, init_ca, issue, keygen, parse_serial, revoke, show, spki_pin, CaOptions, CrlEntry,
+    CrlInfo, HostOptions, KeyType, Reason, RevokeTarget, Revoked, Shown, Written,
 };
 pub use cli::{
     main, CertsCommand, HostArgs, InitCaArgs, IssueArgs, KeygenArgs, RenewArgs, RequestArgs,
     RevokeArgs, ShowArgs, SignArgs,
 };
+pub use csr::{renew, request, sign, RequestOptions, Requested, Signed};
 
 /// File name of the CA certificate inside a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
