@@ -5,8 +5,11 @@ with Redis behind it.
 
   client.py hold PORT         one connection kept open: each line read on
                               stdin is sent as ECHO, the reply printed
-  client.py loop PORT STOP    new connections (PING) one after another until
-                              the file STOP exists; prints a JSON summary
+  client.py loop PORT STOP [CA CERT KEY NAME]
+                              new connections (PING) one after another until
+                              the file STOP exists; prints a JSON summary.
+                              With CA, CERT, KEY and NAME: mutual TLS to a
+                              server-mode port, as a remote dctunnel would.
 """
 import json
 import os
@@ -37,14 +40,22 @@ def hold(port):
             print(f"error: {e}", flush=True)
 
 
-def loop(port, stop):
+def loop(port, stop, tls=None):
     ok = refused = other = 0
     longest = 0.0
     errors = []
+    context = None
+    if tls:
+        import ssl
+        ca, cert, key, name = tls
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(ca)
+        context.load_cert_chain(cert, key)
     while not os.path.exists(stop):
         t0 = time.monotonic()
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            with (context.wrap_socket(raw, server_hostname=tls[3]) if context else raw) as s:
                 s.sendall(b"PING\r\n")
                 if read_reply(s) == b"+PONG\r\n":
                     ok += 1
@@ -65,6 +76,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "hold":
         hold(int(sys.argv[2]))
     elif sys.argv[1] == "loop":
-        loop(int(sys.argv[2]), sys.argv[3])
+        loop(int(sys.argv[2]), sys.argv[3], sys.argv[4:8] or None)
     else:
         sys.exit(f"unknown mode {sys.argv[1]!r}")

@@ -185,10 +185,15 @@ exec {HOLD[1]}>&- || true
 wait "$HOLD_PID" 2>/dev/null || true
 
 # --- Restart: the listening sockets stay open -------------------------------
+# The loop speaks mutual TLS to the server-mode port, as the remote end of
+# a tunnel does. (Through the client-mode entrance of the same process, a
+# connection caught between its two ends at the moment of the stop waits
+# for the old process's drain: the old server side no longer accepts.)
 restart_under_load() { # prints the client loop's JSON summary
     local stop=$work/stop-loop
     rm -f "$stop"
-    net python3 -u "$here/client.py" loop 7000 "$stop" >"$work/loop.json" &
+    net python3 -u "$here/client.py" loop 7001 "$stop" \
+        "$work/ca/ca.pem" "$work/hosts/off.test.pem" "$work/hosts/off.test.key" off.test >"$work/loop.json" &
     local loop_pid=$!
     sleep 1
     inside systemctl restart dctunnel@off
