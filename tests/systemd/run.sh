@@ -95,10 +95,17 @@ sed 's/mode = "client"/mode = "clinet"/' "$work/off-added.toml" >"$work/off-bad.
 systemd-nspawn -q -b --register=no --keep-unit --private-network --volatile=overlay \
     -D "$rootfs" --bind-ro="$work:/mnt/t" >"$work/console.log" 2>&1 &
 nspawn_pid=$!
+# The container's init is the child of nspawn that runs systemd (nspawn
+# may have other, short-lived children first).
 pid=
-for _ in $(seq 200); do
-    pid=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
-    [ -n "$pid" ] && break
+for _ in $(seq 400); do
+    for child in $(pgrep -P "$nspawn_pid" || true); do
+        if [ "$(cat "/proc/$child/comm" 2>/dev/null)" = systemd ]; then
+            pid=$child
+            break 2
+        fi
+    done
+    kill -0 "$nspawn_pid" 2>/dev/null || break
     sleep 0.05
 done
 [ -n "$pid" ] || { echo "the container did not start:"; cat "$work/console.log"; exit 1; }
