@@ -150,6 +150,19 @@ pub struct Block {
     pub der: Vec<u8>,
 }
 
+impl Block {
+    /// Where the block stands, for messages: `FILE: the LABEL block of line N`
+    /// (never its content).
+    pub fn place(&self, path: &Path) -> String {
+        format!(
+            "{}: the {} block of line {}",
+            path.display(),
+            self.label,
+            self.line
+        )
+    }
+}
+
 /// The decoded bytes may be a private key: Debug shows their length only.
 impl fmt::Debug for Block {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -442,12 +442,7 @@ pub fn load_roots(path: &Path, read: &mut Contents) -> Result<RootCertStore, Tls
     let (blocks, _) = read_pem("ca", path, files::PEM_LIMIT, read)?;
     let mut store = RootCertStore::empty();
     for block in blocks {
-        let at = format!(
-            "{}: the {} block of line {}",
-            path.display(),
-            block.label,
-            block.line
-        );
+        let at = block.place(path);
         match block.label {
             files::Label::Certificate => {}
             label if label.is_private_key() => {
@@ -502,12 +497,7 @@ pub fn load_chain(
     let mut chain = Vec::new();
     let mut bytes = 0;
     for block in blocks {
-        let at = format!(
-            "{}: the {} block of line {}",
-            path.display(),
-            block.label,
-            block.line
-        );
+        let at = block.place(path);
         match block.label {
             files::Label::Certificate => {}
             label if label.is_private_key() => {
@@ -558,12 +548,7 @@ pub fn load_key(path: &Path, read: &mut Contents) -> Result<PrivateKeyDer<'stati
     check_private("key", path, mode)?;
     let mut key = None;
     for block in blocks {
-        let at = format!(
-            "{}: the {} block of line {}",
-            path.display(),
-            block.label,
-            block.line
-        );
+        let at = block.place(path);
         let der = match block.label {
             files::Label::PrivateKey => PrivateKeyDer::Pkcs8(block.der.into()),
             files::Label::RsaPrivateKey => PrivateKeyDer::Pkcs1(block.der.into()),
