@@ -291,6 +291,14 @@ pub struct Connection {
     /// Where the connection was forwarded: the backend (server mode) or
     /// the remote end of the tunnel (client mode), once connected.
     pub remote: Option<SocketAddr>,
+    /// Server mode: the application's address behind the client end, as
+    /// that (authenticated) end claims it in its start message.
+    #[serde(default)]
+    pub origin: Option<SocketAddr>,
+    /// Warm: not in use yet (server mode: waiting for its start message;
+    /// client mode: ready in the pool, `source` is then the listener).
+    #[serde(default)]
+    pub warm: bool,
     /// RFC 3339, UTC.
     pub started: String,
     pub duration_seconds: f64,
@@ -315,6 +323,8 @@ pub fn connections(view: &DaemonView, service: Option<&str>) -> Vec<Connection> 
                 source: c.source,
                 peer: c.peer.get().cloned(),
                 remote: c.remote.get().copied(),
+                origin: c.origin.get().copied(),
+                warm: c.is_warm(),
                 started: rfc3339(c.started),
                 duration_seconds: c.meter.elapsed().as_secs_f64(),
                 bytes_up: c.meter.up(),
@@ -359,7 +369,18 @@ pub struct ServiceStatus {
     pub mode: String,
     pub listen: SocketAddr,
     pub connect: Vec<String>,
+    /// Connections in use (warm ones not counted).
     pub active: usize,
+    /// Warm connections: waiting for a start message (server mode), ready
+    /// in the pool (client mode).
+    #[serde(default)]
+    pub warm: usize,
+    /// Server mode: `max_warm_connections`; client mode: `warm_connections`.
+    #[serde(default)]
+    pub warm_limit: usize,
+    /// Warm connections that were put in use.
+    #[serde(default)]
+    pub warm_used: u64,
     pub max_connections: Option<usize>,
     pub max_connections_per_source: Option<usize>,
     pub accepted: u64,
@@ -411,6 +432,12 @@ pub fn status(view: &DaemonView) -> Status {
                 listen: s.local_addr,
                 connect: s.settings.connect.iter().map(ToString::to_string).collect(),
                 active: s.state.active(),
+                warm: s.state.warm(),
+                warm_limit: s
+                    .settings
+                    .warm_connections
+                    .max(s.settings.max_warm_connections),
+                warm_used: s.state.warm_used.load(Ordering::Relaxed),
                 max_connections: s.settings.max_connections,
                 max_connections_per_source: s.settings.max_connections_per_source,
                 accepted: s.state.accepted.load(Ordering::Relaxed),

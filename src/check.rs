@@ -25,13 +25,14 @@ pub fn main(path: &Path) -> ExitCode {
             for s in &config.services {
                 let d = config::describe(s);
                 crate::outln!(
-                    "  {:<20} {:<6} {} -> {}  sources: {}  peers: {}",
+                    "  {:<20} {:<6} {} -> {}  sources: {}  peers: {}{}",
                     s.name,
                     d.mode,
                     d.listen,
                     d.connect,
                     d.sources,
-                    d.peers
+                    d.peers,
+                    d.warm
                 );
             }
             for s in &config.services {

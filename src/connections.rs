@@ -1,6 +1,16 @@
 //! The live record of each service's open connections: admission against
 //! the connection limits, counters and timings, and what operators see of
 //! the connections that are open now.
+//!
+//! A connection is either in use (handshaking, connecting, forwarding) or
+//! warm: established and waiting for its start message (server mode), or
+//! kept ready in a client-mode service's pool ([`crate::warm`]). The two
+//! are counted apart and limited apart: `max_connections` and
+//! `max_connections_per_source` count connections in use only, and warm
+//! ones count under `max_warm_connections` (server) or `warm_connections`
+//! (client). A server-side connection is in use while it handshakes, warm
+//! while it waits for its start message, and in use again once that
+//! arrives, if `max_connections` has room then.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,6 +76,19 @@ pub struct ConnInfo {
     pub peer: OnceLock<String>,
     /// The address the connection was forwarded to.
     pub remote: OnceLock<SocketAddr>,
+    /// Server mode: the application's address, as the client end's start
+    /// message claims it (see [`crate::start`]).
+    pub origin: OnceLock<SocketAddr>,
+    /// Warm: waiting for its start message, or ready in a pool. Changed
+    /// only under the service's lock, with [`Open::warm`].
+    warm: AtomicBool,
+}
+
+impl ConnInfo {
+    /// Whether the connection is warm (not yet in use).
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(Ordering::Relaxed)
+    }
 }
 
 /// Counters and open connections of one service; outlives reloads that
@@ -80,6 +103,12 @@ pub struct ServiceState {
     pub resumed: AtomicU64,
     /// A client sent an IP address as TLS server name: told once, at debug.
     pub ip_sni_seen: AtomicBool,
+    /// Client mode: the remote did not agree on dctunnel's ALPN name:
+    /// told once, at info.
+    pub no_alpn_told: AtomicBool,
+    /// Warm connections put in use: by a local connection (client mode),
+    /// by a start message (server mode).
+    pub warm_used: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     /// What of the refusals gets logged: the counts above stay exact.
     refusals: Arc<Refusals>,
@@ -119,6 +148,8 @@ impl Default for ServiceState {
             accepted: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             ip_sni_seen: AtomicBool::new(false),
+            no_alpn_told: AtomicBool::new(false),
+            warm_used: AtomicU64::new(0),
             rejected: Default::default(),
             refusals: Arc::default(),
             closed_up: AtomicU64::new(0),
@@ -134,8 +165,28 @@ impl Default for ServiceState {
 #[derive(Debug, Default)]
 struct Open {
     conns: HashMap<u64, Arc<ConnInfo>>,
-    /// Open connections per source address, for `max_connections_per_source`.
+    /// Open connections in use per source address, for
+    /// `max_connections_per_source`.
     per_source: HashMap<IpAddr, usize>,
+    /// Of `conns`, those warm.
+    warm: usize,
+}
+
+impl Open {
+    fn in_use(&self) -> usize {
+        self.conns.len() - self.warm
+    }
+
+    /// Whether a connection in use from `ip` fits the limits of `service`.
+    fn room(&self, service: &Service, ip: IpAddr) -> bool {
+        let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
+        !(service
+            .max_connections
+            .is_some_and(|max| self.in_use() >= max)
+            || service
+                .max_connections_per_source
+                .is_some_and(|max| from_source >= max))
+    }
 }
 
 impl ServiceState {
@@ -166,8 +217,18 @@ impl ServiceState {
         (up, down)
     }
 
-    /// How many connections are open now.
+    /// How many connections are in use now (warm ones not counted).
     pub fn active(&self) -> usize {
+        self.lock().in_use()
+    }
+
+    /// How many connections are warm now.
+    pub fn warm(&self) -> usize {
+        self.lock().warm
+    }
+
+    /// How many connections are open now, in use or warm.
+    pub fn open(&self) -> usize {
         self.lock().conns.len()
     }
 
@@ -196,19 +257,29 @@ impl ServiceState {
         // it is the same source as a.b.c.d.
         let ip = source.ip().to_canonical();
         let mut open = self.lock();
-        if service
-            .max_connections
-            .is_some_and(|max| open.conns.len() >= max)
-        {
+        if !open.room(service, ip) {
             return None;
         }
-        let from_source = open.per_source.get(&ip).copied().unwrap_or(0);
-        if service
-            .max_connections_per_source
-            .is_some_and(|max| from_source >= max)
-        {
+        *open.per_source.entry(ip).or_insert(0) += 1;
+        Some(self.insert(&mut open, source, false))
+    }
+
+    /// Client mode: takes a place for a warm connection of the pool, or
+    /// `None` when `limit` are warm already. `source` is this end of it.
+    pub(crate) fn admit_warm(
+        self: &Arc<Self>,
+        source: SocketAddr,
+        limit: usize,
+    ) -> Option<ConnGuard> {
+        let mut open = self.lock();
+        if open.warm >= limit {
             return None;
         }
+        open.warm += 1;
+        Some(self.insert(&mut open, source, true))
+    }
+
+    fn insert(self: &Arc<Self>, open: &mut Open, source: SocketAddr, warm: bool) -> ConnGuard {
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             source,
@@ -216,13 +287,14 @@ impl ServiceState {
             meter: Meter::new(),
             peer: OnceLock::new(),
             remote: OnceLock::new(),
+            origin: OnceLock::new(),
+            warm: AtomicBool::new(warm),
         });
         open.conns.insert(info.id, info.clone());
-        *open.per_source.entry(ip).or_insert(0) += 1;
-        Some(ConnGuard {
+        ConnGuard {
             state: self.clone(),
             info,
-        })
+        }
     }
 }
 
@@ -230,6 +302,51 @@ impl ServiceState {
 pub(crate) struct ConnGuard {
     pub(crate) state: Arc<ServiceState>,
     pub(crate) info: Arc<ConnInfo>,
+}
+
+impl ConnGuard {
+    /// Server mode: the connection waits for its start message. It leaves
+    /// the connections in use for the warm ones if fewer than `limit` are
+    /// warm; otherwise it stays counted in use, and says so (`false`).
+    pub(crate) fn wait_warm(&self, limit: usize) -> bool {
+        let mut open = self.state.lock();
+        if open.warm >= limit || self.info.is_warm() {
+            return false;
+        }
+        open.warm += 1;
+        self.info.warm.store(true, Ordering::Relaxed);
+        release_source(&mut open, &self.info);
+        true
+    }
+
+    /// Server mode: the start message came; the connection is in use again
+    /// if the limits of `service` have room for it (`false`: they do not).
+    pub(crate) fn start_use(&self, service: &Service) -> bool {
+        let mut open = self.state.lock();
+        if !self.info.is_warm() {
+            return true;
+        }
+        let ip = self.info.source.ip().to_canonical();
+        if !open.room(service, ip) {
+            return false;
+        }
+        open.warm -= 1;
+        self.info.warm.store(false, Ordering::Relaxed);
+        *open.per_source.entry(ip).or_insert(0) += 1;
+        self.state.warm_used.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Takes a connection off the count of its source.
+fn release_source(open: &mut Open, info: &ConnInfo) {
+    let ip = info.source.ip().to_canonical();
+    if let Some(n) = open.per_source.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            open.per_source.remove(&ip);
+        }
+    }
 }
 
 impl Drop for ConnGuard {
@@ -243,12 +360,10 @@ impl Drop for ConnGuard {
         self.state
             .closed_down
             .fetch_add(m.down(), Ordering::Relaxed);
-        let ip = self.info.source.ip().to_canonical();
-        if let Some(n) = open.per_source.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.per_source.remove(&ip);
-            }
+        if self.info.is_warm() {
+            open.warm -= 1;
+        } else {
+            release_source(&mut open, &self.info);
         }
     }
 }

@@ -463,7 +463,7 @@ impl Daemon {
             let _ = handle.await;
         }
         self.tracker.close();
-        let open = |states: &[Arc<ServiceState>]| states.iter().map(|s| s.active()).sum::<usize>();
+        let open = |states: &[Arc<ServiceState>]| states.iter().map(|s| s.open()).sum::<usize>();
         let n = open(&states);
         if n > 0 {
             info!(open = n, timeout = ?self.shutdown_timeout, "stopping: waiting for open connections to finish");

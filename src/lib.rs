@@ -9,6 +9,10 @@
 //! - [`refusals`]: summarises repeated refusals in the log.
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
+//! - [`start`]: the start message between two dctunnel ends (ALPN `dctunnel/1`),
+//!   which puts a connection in use and carries the origin address.
+//! - [`warm`]: a client-mode service's pool of connections to the remote made
+//!   before they are needed.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
 //! - [`watch`]: notices certificate, key, CA and CRL files changed on disk.
 //! - [`process`]: `dctunnel run`, the process around the daemon: runtime,
@@ -46,9 +50,11 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod refusals;
 pub mod service;
+pub mod start;
 pub mod status;
 pub mod stunnel;
 pub mod systemd;
 pub mod tls;
+pub mod warm;
 pub mod watch;
 pub mod x509;

@@ -329,13 +329,59 @@ impl Collector for ViewCollector {
         family(
             e,
             "dctunnel_connections_active",
-            "Connections open now (handshaking or forwarding).",
+            "Connections in use now (handshaking, connecting or forwarding); warm ones are \
+             in dctunnel_connections_warm.",
             MetricType::Gauge,
             services.iter().map(|(name, s)| {
                 (
                     vec![("service", name.as_str())],
                     ConstGauge::new(s.state.active() as i64),
                 )
+            }),
+        )?;
+        family(
+            e,
+            "dctunnel_connections_warm",
+            "Warm connections open now, not in use: waiting for their start message (server \
+             mode), ready in the pool (client mode). Not counted in dctunnel_connections_active.",
+            MetricType::Gauge,
+            services.iter().map(|(name, s)| {
+                (
+                    vec![("service", name.as_str())],
+                    ConstGauge::new(s.state.warm() as i64),
+                )
+            }),
+        )?;
+        family(
+            e,
+            "dctunnel_warm_connections_used",
+            "Warm connections put in use: taken by a local connection (client mode), started \
+             by a start message (server mode).",
+            MetricType::Counter,
+            services.iter().map(|(name, s)| {
+                (
+                    vec![("service", name.as_str())],
+                    ConstCounter::new(s.state.warm_used.load(Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        family(
+            e,
+            "dctunnel_service_warm_limit",
+            "The most warm connections: max_warm_connections (server mode), warm_connections \
+             (client mode); absent when 0.",
+            MetricType::Gauge,
+            services.iter().filter_map(|(name, s)| {
+                let limit = s
+                    .settings
+                    .warm_connections
+                    .max(s.settings.max_warm_connections);
+                (limit > 0).then(|| {
+                    (
+                        vec![("service", name.as_str())],
+                        ConstGauge::new(limit as i64),
+                    )
+                })
             }),
         )?;
         family(

@@ -2,10 +2,13 @@
 //! connections from accept to close, read top to bottom.
 //!
 //! A connection goes through [`Phase`]s, each within its own deadline:
-//! server mode is handshake, connect to the backend, PROXY header, forward;
-//! client mode is connect to the remote, handshake with it, forward. It
-//! ends either with both sides finished or with one [`ConnError`], which
-//! names the phase and the cause and is logged once, in [`log_end`].
+//! server mode is handshake, start message (when the client end is a
+//! dctunnel, see [`crate::start`]), connect to the backend, PROXY header,
+//! forward; client mode is a warm connection from the pool ([`crate::warm`])
+//! or connect to the remote and handshake with it, then start message and
+//! forward. It ends either with both sides finished or with one
+//! [`ConnError`], which names the phase and the cause and is logged once,
+//! in [`log_end`].
 
 use std::fmt;
 use std::future::Future;
@@ -19,7 +22,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -28,7 +31,9 @@ use crate::config::{Host, Role, Service, Target};
 use crate::connections::ConnGuard;
 use crate::proxy::{self, End};
 use crate::proxy_protocol;
+use crate::start::{self, Start, StartError};
 use crate::tls;
+use crate::warm;
 
 // The live record of connections has its own module; these paths are the
 // ones the rest of the crate and the tests have always used.
@@ -52,16 +57,26 @@ pub struct Serve {
 pub async fn accept_loop(serve: Serve) {
     let Serve {
         listener,
-        settings,
+        mut settings,
         state,
         stop_accepting,
         close_all,
         tracker,
     } = serve;
+    // Dropped with this loop: a service that stops accepting keeps no
+    // warm connections.
+    let mut pool = warm::Pool::start(&settings.borrow_and_update(), &state, &tracker);
     loop {
         let accepted = tokio::select! {
             biased;
             () = stop_accepting.cancelled() => return,
+            Ok(()) = settings.changed() => {
+                // A reload changed the service (settings or files): the
+                // warm connections made with the old ones go, and new ones
+                // are made with the new ones.
+                pool = warm::Pool::start(&settings.borrow_and_update(), &state, &tracker);
+                continue;
+            }
             r = listener.accept() => r,
         };
         let (tcp, source) = match accepted {
@@ -102,11 +117,29 @@ pub async fn accept_loop(serve: Serve) {
             service = %service.name,
             %source,
             peer = tracing::field::Empty,
+            origin = tracing::field::Empty,
         );
+        let context = Context {
+            stopping: stop_accepting.clone(),
+            settings: settings.clone(),
+            pool: pool.as_ref().map(warm::Pool::handle),
+        };
         // The handshake runs in the connection's own task, never here: a
         // slow client must not hold up the next accept.
-        tracker.spawn(connection(tcp, service, guard, close_all.clone()).instrument(span));
+        tracker.spawn(connection(tcp, service, guard, close_all.clone(), context).instrument(span));
     }
+}
+
+/// What a connection may need besides its settings of the moment.
+struct Context {
+    /// Cancelled when the service stops accepting: a connection still
+    /// waiting for its start message carries nothing, and goes then.
+    stopping: CancellationToken,
+    /// Server mode: a connection waiting for its start message is judged
+    /// again by the settings a reload brings.
+    settings: watch::Receiver<Arc<Service>>,
+    /// Client mode: the warm connections, if the service keeps some.
+    pool: Option<warm::Handle>,
 }
 
 /// One connection's task: its life, cut short if the daemon's shutdown
@@ -116,35 +149,60 @@ async fn connection(
     service: Arc<Service>,
     guard: ConnGuard,
     close_all: CancellationToken,
+    context: Context,
 ) {
     let end = tokio::select! {
-        end = handle(tcp, &service, &guard) => end,
+        end = handle(tcp, service.clone(), &guard, context) => end,
         () = close_all.cancelled() => Err(ConnError::new(Phase::Shutdown, Cause::ShutdownDeadline)),
     };
     log_end(&service, &guard, end);
 }
 
 /// A connection from accept to the end of forwarding.
-async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) -> Result<(), ConnError> {
-    set_socket_options(&tcp, service, guard);
+async fn handle(
+    tcp: TcpStream,
+    service: Arc<Service>,
+    guard: &ConnGuard,
+    context: Context,
+) -> Result<(), ConnError> {
+    set_socket_options(&tcp, &service, guard);
     match &service.role {
-        Role::Server { tls, peers } => {
+        Role::Server {
+            tls,
+            negotiating,
+            peers,
+        } => {
             // Taken now: the handshake consumes the socket.
             let local = tcp.local_addr();
-            let acceptor = TlsAcceptor::from(tls.clone());
+            let service_ref = &service;
             let accept = async move {
                 if !guard.state.ip_sni_seen.load(Ordering::Relaxed) {
-                    note_ip_sni(&tcp, service, guard).await;
+                    note_ip_sni(&tcp, service_ref, guard).await;
                 }
-                acceptor.accept(tcp).await
+                // The ClientHello decides: our ALPN name for a client that
+                // offers it, and for any other client no ALPN, as always.
+                let hello =
+                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+                let offered = hello
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut names| names.any(|name| name == start::ALPN));
+                let config = if offered { negotiating } else { tls };
+                hello.into_stream(config.clone()).await
             };
-            let (tls, ids) = handshake(Phase::Handshake, service, guard, Box::pin(accept)).await?;
+            let (mut tls, ids) =
+                handshake(Phase::Handshake, &service, guard, Box::pin(accept)).await?;
             // The verifier already checked this; a resumed session skips
             // the verifier, so check again against the current list.
             if !peers.allows(&ids) {
                 return Err(ConnError::new(Phase::Handshake, Cause::PeerNotAllowed));
             }
-            let mut backend = connect(service, guard).await?;
+            let service = if agreed(&tls) {
+                wait_for_start(&mut tls, service.clone(), guard, context, &ids).await?
+            } else {
+                service.clone()
+            };
+            let mut backend = connect(&service, guard).await?;
             if let Some(version) = service.proxy_protocol {
                 let local = local.map_err(|e| ConnError::new(Phase::ProxyHeader, e.into()))?;
                 let tls_version = match tls.get_ref().1.protocol_version() {
@@ -152,22 +210,186 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) -> Result<
                     _ => "TLSv1.3",
                 };
                 let peer = guard.info.peer.get().map(String::as_str).unwrap_or("");
-                let header =
-                    proxy_protocol::header(version, guard.info.source, local, peer, tls_version);
+                // The application behind the client end, when it said so.
+                let source = guard
+                    .info
+                    .origin
+                    .get()
+                    .copied()
+                    .unwrap_or(guard.info.source);
+                let header = proxy_protocol::header(version, source, local, peer, tls_version);
                 deadline(Phase::ProxyHeader, service.connect_timeout, || {
                     backend.write_all(&header)
                 })
                 .await?;
             }
-            forward(tls, backend, service, guard).await
+            forward(tls, backend, &service, guard).await
         }
-        Role::Client { tls, server_name } => {
-            let remote = connect(service, guard).await?;
-            let connect = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);
-            let (tls, _) =
-                handshake(Phase::RemoteHandshake, service, guard, Box::pin(connect)).await?;
-            forward(tcp, tls, service, guard).await
+        Role::Client { .. } => {
+            let warm = match &context.pool {
+                Some(pool) => pool.take().await,
+                None => None,
+            };
+            let mut remote = match warm {
+                Some(warm) => warm.adopt(guard),
+                None => open_remote(&service, guard).await?,
+            };
+            if agreed(&remote) {
+                if let Some(pool) = &context.pool {
+                    pool.remote_agrees();
+                }
+                // At once, even before the application speaks: the server
+                // end connects to its backend only now, and a server-first
+                // protocol (an SMTP banner) needs it.
+                let message = Start {
+                    origin: Some(guard.info.source),
+                }
+                .encode();
+                deadline(Phase::Start, service.connect_timeout, || async {
+                    remote.write_all(&message).await?;
+                    remote.flush().await
+                })
+                .await?;
+            } else {
+                note_no_alpn(&service, &guard.state);
+            }
+            forward(tcp, remote, &service, guard).await
         }
+    }
+}
+
+/// Client mode: connects to the remote and handshakes with it.
+pub(crate) async fn open_remote(
+    service: &Service,
+    guard: &ConnGuard,
+) -> Result<Box<TlsStream<TcpStream>>, ConnError> {
+    let Role::Client { tls, server_name } = &service.role else {
+        return Err(ConnError::new(
+            Phase::Connect,
+            Cause::Io(io::Error::other("not a client-mode service")),
+        ));
+    };
+    let remote = connect(service, guard).await?;
+    let connect = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);
+    let (tls, _) = handshake(Phase::RemoteHandshake, service, guard, Box::pin(connect)).await?;
+    Ok(tls)
+}
+
+/// Whether the handshake agreed on dctunnel's ALPN name: the other end is
+/// a dctunnel that reads (server) or sends (client) the start message.
+pub(crate) fn agreed(tls: &TlsStream<TcpStream>) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(start::ALPN)
+}
+
+/// Client mode: says once per service that the remote does not speak
+/// dctunnel's own protocol, so that connections are ordinary ones.
+pub(crate) fn note_no_alpn(service: &Service, state: &crate::connections::ServiceState) {
+    if !state.no_alpn_told.swap(true, Ordering::Relaxed) {
+        info!(service = %service.name,
+            "the remote did not agree on ALPN dctunnel/1 (stunnel, or a dctunnel before 0.2?): \
+             connections are ordinary ones, each with its own handshake, without warm connections \
+             and without the origin address (told once per service)");
+    }
+}
+
+/// Server mode, after a handshake that agreed on dctunnel's ALPN name: the
+/// connection is warm until the client end's start message says it is in
+/// use; only then is the backend connected. Returns the settings to go on
+/// with: a reload while it waits may bring new ones, and the connection
+/// is judged again by them.
+///
+/// A warm connection counts under `max_warm_connections` and may wait
+/// `warm_timeout`. When that limit is full, the connection stays counted
+/// in use (under `max_connections`, as while it handshook) and may wait
+/// only `handshake_timeout`: a client end about to use it sends its start
+/// message at once, and an idle one cannot hold a place of a real client
+/// longer than a slow handshake can.
+async fn wait_for_start(
+    tls: &mut TlsStream<TcpStream>,
+    mut service: Arc<Service>,
+    guard: &ConnGuard,
+    context: Context,
+    ids: &[String],
+) -> Result<Arc<Service>, ConnError> {
+    let Context {
+        mut settings,
+        stopping,
+        ..
+    } = context;
+    let limit = if guard.wait_warm(service.max_warm_connections) {
+        service.warm_timeout
+    } else {
+        service.handshake_timeout
+    };
+    // One read for the whole wait: it is not cancelled by a reload, so no
+    // byte of a message arriving then is lost.
+    let read = tokio::time::timeout(limit, Start::read(tls));
+    tokio::pin!(read);
+    let mut watching = true;
+    let start = loop {
+        tokio::select! {
+            r = &mut read => break r,
+            () = stopping.cancelled() => {
+                return Err(ConnError::new(Phase::Start, Cause::Closed("the service stopped accepting")));
+            }
+            changed = settings.changed(), if watching => {
+                if changed.is_err() {
+                    // The service was removed: its connections are closed
+                    // at the shutdown deadline, as ever.
+                    watching = false;
+                    continue;
+                }
+                let new = settings.borrow_and_update().clone();
+                if let Some(why) = no_longer_allowed(&service, &new, guard.info.source, ids) {
+                    return Err(ConnError::new(Phase::Start, Cause::Closed(why)));
+                }
+                service = new;
+            }
+        }
+    };
+    let start = match start {
+        Err(_) => return Err(ConnError::new(Phase::Start, Cause::TimedOut(limit))),
+        Ok(Err(start::ReadError::Io(e))) => return Err(ConnError::new(Phase::Start, e.into())),
+        Ok(Err(start::ReadError::Start(e))) => {
+            return Err(ConnError::new(Phase::Start, Cause::BadStart(e)))
+        }
+        Ok(Ok(start)) => start,
+    };
+    if let Some(origin) = start.origin {
+        // Set once per connection, so it cannot be set already.
+        let _ = guard.info.origin.set(origin);
+        tracing::Span::current().record("origin", tracing::field::display(origin));
+    }
+    if !guard.start_use(&service) {
+        return Err(ConnError::new(Phase::Start, Cause::LimitReached));
+    }
+    Ok(service)
+}
+
+/// Why a connection waiting for its start message may no longer go on
+/// under the settings a reload brought, if so. Names and sources are
+/// judged again; new TLS files (a CRL, a CA) can only be judged by a new
+/// handshake, so they close it too.
+fn no_longer_allowed(
+    old: &Service,
+    new: &Service,
+    source: SocketAddr,
+    ids: &[String],
+) -> Option<&'static str> {
+    let Role::Server { peers, .. } = &new.role else {
+        return Some("a reload put the service in client mode");
+    };
+    if !new.source_allowed(source.ip()) {
+        Some("after a reload, its source is no longer in allow_sources")
+    } else if !peers.allows(ids) {
+        Some("after a reload, its peer identity is no longer in allow_peers")
+    } else if old.fingerprint.files != new.fingerprint.files {
+        Some(
+            "a reload changed the certificate, key, CA or CRL files; a new handshake is judged \
+             by them",
+        )
+    } else {
+        None
     }
 }
 
@@ -344,6 +566,7 @@ macro_rules! conn_warn {
             service = %$service.name,
             source = %$info.source,
             peer = $info.peer.get().map(String::as_str),
+            origin = $info.origin.get().map(tracing::field::display),
             $($rest)+
         )
     };
@@ -383,6 +606,16 @@ fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
     }
     let client = matches!(service.role, Role::Client { .. });
     match &e.cause {
+        Cause::BadStart(StartError::Truncated(0)) => {
+            // A warm connection the client end replaced or closed unused.
+            debug!(
+                ?duration,
+                "connection closed by the client end before its start message"
+            )
+        }
+        Cause::BadStart(_) => {
+            conn_warn!(service, guard.info, ?duration, "connection closed: {e}")
+        }
         Cause::Io(err) if client && down == 0 && is_silent_close(err) => {
             // The remote (a server-mode end) accepted the handshake, then
             // closed without a byte: what it does when its backend cannot
@@ -431,6 +664,10 @@ enum Phase {
     Connect,
     /// Client mode: the TLS handshake with the remote (`handshake_timeout`).
     RemoteHandshake,
+    /// Between two dctunnel ends: the start message. Server mode waits for
+    /// it (`warm_timeout`, see [`wait_for_start`]); client mode sends it
+    /// (`connect_timeout`).
+    Start,
     /// Server mode with `proxy_protocol`: sending the PROXY header to the
     /// backend (`connect_timeout`).
     ProxyHeader,
@@ -458,12 +695,23 @@ enum Cause {
     Unreachable(Vec<String>),
     #[error("shutdown deadline reached")]
     ShutdownDeadline,
+    /// The client end sent something that is not a start message.
+    #[error(transparent)]
+    BadStart(StartError),
+    /// Closed while it waited for its start message: a reload no longer
+    /// allows it, or the service stopped; why.
+    #[error("{0}")]
+    Closed(&'static str),
+    /// The start message came, and `max_connections` or
+    /// `max_connections_per_source` had no room for the connection.
+    #[error("connection limit reached")]
+    LimitReached,
 }
 
 /// Why a connection ended early: the phase and the cause. Its Display is
 /// the close reason in the log.
 #[derive(Debug, thiserror::Error)]
-struct ConnError {
+pub(crate) struct ConnError {
     phase: Phase,
     #[source]
     cause: Cause,
@@ -486,7 +734,8 @@ impl ConnError {
             }
             (Phase::Handshake | Phase::RemoteHandshake, _) => Some(Rejection::HandshakeFailed),
             (Phase::Connect | Phase::ProxyHeader, _) => Some(Rejection::BackendConnectFailed),
-            (Phase::Forward | Phase::Shutdown, _) => None,
+            (Phase::Start, Cause::LimitReached) => Some(Rejection::LimitReached),
+            (Phase::Start | Phase::Forward | Phase::Shutdown, _) => None,
         }
     }
 }
@@ -535,6 +784,16 @@ impl fmt::Display for ConnError {
             (Phase::RemoteHandshake, _) => {
                 write!(f, "TLS handshake with the remote failed: {cause}")
             }
+            (Phase::Start, Cause::TimedOut(limit)) => {
+                write!(f, "no start message from the client end within {limit:?}")
+            }
+            (Phase::Start, Cause::BadStart(e)) => write!(f, "bad start message: {e}"),
+            (Phase::Start, Cause::Closed(why)) => write!(f, "warm connection closed: {why}"),
+            (Phase::Start, Cause::LimitReached) => f.write_str(
+                "start message received, but max_connections or max_connections_per_source \
+                 has no room for the connection",
+            ),
+            (Phase::Start, _) => write!(f, "start message: {cause}"),
             (Phase::ProxyHeader, _) => write!(f, "cannot send the PROXY header: {cause}"),
             (Phase::Forward, Cause::TimedOut(idle)) => write!(f, "idle for {idle:?}"),
             (Phase::Forward, _) => write!(f, "forwarding failed: {cause}"),

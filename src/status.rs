@@ -376,6 +376,7 @@ pub fn render_status(status: &Status) -> String {
         "MODE",
         "LISTEN → CONNECT",
         "ACTIVE/LIMIT",
+        "WARM/LIMIT",
         "ACCEPTED",
         "REJECTED",
         "UP",
@@ -394,6 +395,11 @@ pub fn render_status(status: &Status) -> String {
                 s.max_connections
                     .map_or_else(|| "-".to_owned(), |m| m.to_string())
             ),
+            if s.warm_limit == 0 && s.warm == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", s.warm, s.warm_limit)
+            },
             s.accepted.to_string(),
             rejected(s),
             human_bytes(s.bytes_up),
@@ -500,12 +506,19 @@ pub fn render_connections(status: &Status, connections: &[Connection]) -> String
                 human_bytes(down),
                 sources(&conns)
             );
-            let mut rows = vec![["SOURCE", "REMOTE", "STARTED", "AGE", "UP", "DOWN"]
-                .map(String::from)
-                .to_vec()];
+            let mut rows = vec![
+                ["SOURCE", "ORIGIN", "REMOTE", "STARTED", "AGE", "UP", "DOWN"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
             for c in conns {
                 rows.push(vec![
                     c.source.to_string(),
+                    match (c.warm, c.origin) {
+                        (true, _) => "(warm)".to_owned(),
+                        (false, Some(origin)) => origin.to_string(),
+                        (false, None) => "-".to_owned(),
+                    },
                     c.remote.map_or_else(|| "-".to_owned(), |r| r.to_string()),
                     c.started.clone(),
                     human_duration(c.duration_seconds),

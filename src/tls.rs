@@ -207,6 +207,17 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// `config`, agreeing on dctunnel's own ALPN name. It is used only for a
+/// client that offers that name (see [`crate::service`]): rustls refuses
+/// a client whose ALPN list has nothing in common with a server's, and a
+/// client offering `h2` must be served as it always was. Clones share the
+/// session ticketer and cache, so sessions resume across both.
+pub fn negotiating(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::clone(config);
+    config.alpn_protocols = vec![crate::start::ALPN.to_vec()];
+    Arc::new(config)
+}
+
 /// Builds the configuration of a client-mode service: our certificate for
 /// client authentication, and a server verifier (CA and CRLs, and/or pins).
 pub fn client_config(
@@ -239,6 +250,9 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
         .map_err(|_| mismatch(files))?;
+    // Offered to every server: a dctunnel server agrees, others (stunnel)
+    // ignore it; see crate::start.
+    config.alpn_protocols = vec![crate::start::ALPN.to_vec()];
     config.resumption = if files.resumption {
         rustls::client::Resumption::store(Arc::new(TicketStore::default()))
     } else {

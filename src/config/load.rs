@@ -23,6 +23,13 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Same as stunnel's `TIMEOUTidle`: connection pools keep connections idle
 /// for hours, and TCP keepalive already finds dead peers.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+/// `warm_timeout`: a server end closes a connection that sent no start
+/// message for a minute; a client end replaces its warm connections at
+/// 45 s, before that.
+const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// `max_warm_connections`: a few client hosts with a handful of warm
+/// connections each, with room to spare; each is two idle sockets.
+const DEFAULT_MAX_WARM_CONNECTIONS: usize = 100;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[daemon].watch_files`: often enough that a renewed certificate is in
 /// use within seconds, rarely enough that the stat calls cost nothing.
@@ -47,6 +54,12 @@ pub mod bounds {
     /// `max_connections`, `max_connections_per_source`: each connection
     /// holds two sockets, and no open-files limit goes that far.
     pub const CONNECTIONS: usize = 1_000_000;
+    /// `warm_connections`: a pool is for latency, not capacity.
+    pub const WARM_CONNECTIONS: usize = 1000;
+    /// `warm_timeout`: at least one second (a client end replaces its
+    /// warm connections at 3/4 of it), at most one hour.
+    pub const WARM_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    pub const WARM_TIMEOUT_MIN: (Duration, &str) = (Duration::from_secs(1), "1s");
 }
 
 /// Reads and checks the configuration file at `path`.
@@ -125,6 +138,7 @@ struct Timeouts {
     handshake: Duration,
     /// `None`: no idle timeout (`idle_timeout = "0s"`).
     idle: Option<Duration>,
+    warm: Duration,
 }
 
 const DAEMON: Location = Location::Table("daemon");
@@ -517,6 +531,17 @@ impl Context {
             handshake_timeout: timeouts.handshake,
             idle_timeout: timeouts.idle,
             proxy_protocol: raw.proxy_protocol,
+            warm_connections: match mode {
+                Some(Mode::Client) => raw.warm_connections.unwrap_or(0),
+                _ => 0,
+            },
+            max_warm_connections: match mode {
+                Some(Mode::Server) => raw
+                    .max_warm_connections
+                    .unwrap_or(DEFAULT_MAX_WARM_CONNECTIONS),
+                _ => 0,
+            },
+            warm_timeout: timeouts.warm,
             role,
             fingerprint: Fingerprint::of(raw, read),
             files,
@@ -628,6 +653,24 @@ impl Context {
             DEFAULT_IDLE_TIMEOUT,
             bounds::IDLE_TIMEOUT,
         );
+        let warm = self.duration(
+            at,
+            "warm_timeout",
+            &raw.warm_timeout,
+            DEFAULT_WARM_TIMEOUT,
+            bounds::WARM_TIMEOUT,
+        );
+        if warm < bounds::WARM_TIMEOUT_MIN.0 {
+            self.problem(
+                at,
+                Some("warm_timeout"),
+                format!(
+                    "{:?} is shorter than {}, the least it may be",
+                    raw.warm_timeout.as_deref().unwrap_or_default(),
+                    bounds::WARM_TIMEOUT_MIN.1
+                ),
+            );
+        }
         for (field, value) in [
             ("connect_timeout", connect),
             ("handshake_timeout", handshake),
@@ -640,6 +683,7 @@ impl Context {
             connect,
             handshake,
             idle: (!idle.is_zero()).then_some(idle),
+            warm: warm.max(bounds::WARM_TIMEOUT_MIN.0),
         }
     }
 
@@ -690,6 +734,27 @@ impl Context {
                     ),
                 ),
                 _ => {}
+            }
+        }
+        // 0 is meaningful for these two: no warm connections.
+        for (field, value, most) in [
+            (
+                "warm_connections",
+                raw.warm_connections,
+                bounds::WARM_CONNECTIONS,
+            ),
+            (
+                "max_warm_connections",
+                raw.max_warm_connections,
+                bounds::CONNECTIONS,
+            ),
+        ] {
+            if let Some(n) = value.filter(|n| *n > most) {
+                self.problem(
+                    at,
+                    Some(field),
+                    format!("is {n}, more than {most}, the most it may be"),
+                );
             }
         }
     }
@@ -746,6 +811,22 @@ impl Context {
                 at,
                 Some("proxy_protocol"),
                 "applies to server mode only (the header tells the backend who the TLS peer is)",
+            );
+        }
+        if mode == Mode::Client && raw.max_warm_connections.is_some() {
+            self.problem(
+                at,
+                Some("max_warm_connections"),
+                "applies to server mode only (how many warm connections of clients it keeps waiting); \
+                 a client-mode service sets warm_connections",
+            );
+        }
+        if mode == Mode::Server && raw.warm_connections.is_some() {
+            self.problem(
+                at,
+                Some("warm_connections"),
+                "applies to client mode only (connections kept ready to the remote); a server-mode \
+                 service bounds the warm connections of its clients with max_warm_connections",
             );
         }
         if mode == Mode::Server && raw.server_name.is_some() {
@@ -833,7 +914,11 @@ impl Context {
         tls::server_config(files, peers.clone(), read)
             .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
             .ok()
-            .map(|tls| Role::Server { tls, peers })
+            .map(|tls| Role::Server {
+                negotiating: tls::negotiating(&tls),
+                tls,
+                peers,
+            })
     }
 
     /// Client mode: the name the server must prove (by default the host of
@@ -945,6 +1030,24 @@ fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
         (
             "idle_timeout",
             both(own.idle_timeout.is_some(), defaults.idle_timeout.is_some()),
+        ),
+        (
+            "warm_timeout",
+            both(own.warm_timeout.is_some(), defaults.warm_timeout.is_some()),
+        ),
+        (
+            "warm_connections",
+            both(
+                own.warm_connections.is_some(),
+                defaults.warm_connections.is_some(),
+            ),
+        ),
+        (
+            "max_warm_connections",
+            both(
+                own.max_warm_connections.is_some(),
+                defaults.max_warm_connections.is_some(),
+            ),
         ),
     ]
     .into_iter()

@@ -36,7 +36,7 @@ use crate::tls::{PeerPolicy, TlsFiles};
 pub use load::{load, parse};
 pub use problem::{ConfigError, Location, Problem};
 pub use quote::quote;
-pub use summary::{describe, PeerCheck, Peers, Sources, Summary, Targets};
+pub use summary::{describe, PeerCheck, Peers, Sources, Summary, Targets, Warm};
 pub use values::{is_public_or_wildcard, parse_duration};
 
 /// Where `run` and `check` look for the configuration by default.
@@ -73,6 +73,16 @@ pub struct Service {
     pub idle_timeout: Option<Duration>,
     /// Server mode: send a PROXY protocol header to the backend first.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// Client mode: how many connections to the remote to keep ready
+    /// (0: none). See [`crate::warm`].
+    pub warm_connections: usize,
+    /// Server mode: how many connections may wait for their start message
+    /// at once, outside `max_connections` (see [`crate::connections`]).
+    pub max_warm_connections: usize,
+    /// Server mode: how long a connection may wait for its start message.
+    /// Client mode: warm connections are replaced at 3/4 of it, before
+    /// a server with the same setting would close them.
+    pub warm_timeout: Duration,
     pub role: Role,
     /// The files the TLS settings were loaded from.
     pub files: TlsFiles,
@@ -87,7 +97,12 @@ pub struct Service {
 pub enum Role {
     /// Accept mutual TLS, forward plaintext to the backend.
     Server {
+        /// For clients that do not offer our ALPN name (stunnel, older
+        /// dctunnel, anything else): no ALPN, as always.
         tls: Arc<rustls::ServerConfig>,
+        /// The same, agreeing on [`crate::start::ALPN`], for clients that
+        /// offer it.
+        negotiating: Arc<rustls::ServerConfig>,
         peers: Arc<PeerPolicy>,
     },
     /// Accept plaintext, connect with mutual TLS to the remote side.

@@ -31,6 +31,9 @@ pub(super) struct RawService {
     pub tls12: Option<bool>,
     pub tls_resumption: Option<bool>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub warm_connections: Option<usize>,
+    pub max_warm_connections: Option<usize>,
+    pub warm_timeout: Option<String>,
 }
 
 impl RawService {
@@ -61,6 +64,9 @@ impl RawService {
             tls12: self.tls12.or(d.tls12),
             tls_resumption: self.tls_resumption.or(d.tls_resumption),
             proxy_protocol: self.proxy_protocol.or(d.proxy_protocol),
+            warm_connections: self.warm_connections.or(d.warm_connections),
+            max_warm_connections: self.max_warm_connections.or(d.max_warm_connections),
+            warm_timeout: self.warm_timeout.or(d.warm_timeout),
         }
     }
 }

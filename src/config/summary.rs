@@ -19,6 +19,29 @@ pub struct Summary<'a> {
     pub connect: Targets<'a>,
     pub sources: Sources<'a>,
     pub peers: Peers<'a>,
+    pub warm: Warm,
+}
+
+/// Warm connections: how many a client keeps ready, or how many a server
+/// lets wait; says nothing for a client without them.
+#[derive(Debug, Clone, Copy)]
+pub enum Warm {
+    None,
+    /// Client mode: `warm_connections`.
+    Kept(usize),
+    /// Server mode: `max_warm_connections` and `warm_timeout`.
+    Waiting(usize, std::time::Duration),
+}
+
+impl fmt::Display for Warm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warm::None => Ok(()),
+            Warm::Kept(n) => write!(f, "  warm: {n} kept ready"),
+            Warm::Waiting(0, _) => f.write_str("  warm: none accepted"),
+            Warm::Waiting(n, t) => write!(f, "  warm: up to {n}, {t:?} each"),
+        }
+    }
 }
 
 /// The summary of `service`.
@@ -36,6 +59,11 @@ pub fn describe(service: &Service) -> Summary<'_> {
             check,
             pins: service.files.peer_pins.len(),
             ca: service.files.ca.is_some(),
+        },
+        warm: match service.mode() {
+            Mode::Client if service.warm_connections > 0 => Warm::Kept(service.warm_connections),
+            Mode::Client => Warm::None,
+            Mode::Server => Warm::Waiting(service.max_warm_connections, service.warm_timeout),
         },
     }
 }
