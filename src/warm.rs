@@ -251,6 +251,10 @@ async fn keep(inner: Arc<Inner>, slot: usize) {
             close(stream).await;
             continue;
         }
+        debug!(
+            remote = guard.info.remote.get().map(tracing::field::display),
+            "warm connection ready"
+        );
         let warm = Warm {
             stream,
             peer: guard.info.peer.get().cloned(),

@@ -78,6 +78,68 @@ async fn dctunnel_client_to_stunnel_server_carries_data_both_ways() {
     assert_eq!(reached.load(Ordering::SeqCst), 2);
 }
 
+/// A dctunnel client end with warm connections in front of a stunnel
+/// server end: stunnel does not agree on ALPN dctunnel/1, so the client
+/// end says so once, keeps no warm connections, and carries each
+/// connection as an ordinary one, without a start message (the echo
+/// would send it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connections_fall_back_to_ordinary_ones_against_a_stunnel_server() {
+    let pki = Pki::new("CA");
+    let (server, client) = (pki.issue(SERVER), pki.issue(CLIENT));
+    let (backend, _) = counting_echo_backend().await;
+    let stunnel = Stunnel::start(&stunnel_server(
+        "mongodb",
+        backend,
+        &pki.ca_pem,
+        &server,
+        &format!("checkHost = {CLIENT}"),
+    ));
+    let remote = stunnel.address("mongodb");
+    let dir = tempfile::tempdir().unwrap();
+    let mut dc = start_dctunnel(
+        &dir,
+        &dctunnel_client(
+            "mongodb",
+            remote,
+            SERVER,
+            &pki.ca_pem,
+            &client,
+            "warm_connections = 2",
+        ),
+    );
+    let entrance = dc.listening("mongodb");
+    let told = dc.wait_for("did not agree on ALPN dctunnel/1");
+    assert_eq!(told["service"], "mongodb", "{told}");
+    for round in 0..3 {
+        let mut conn = TcpStream::connect(entrance).await.unwrap();
+        let request = format!("request {round}\r\n");
+        assert_eq!(
+            roundtrip(&mut conn, request.as_bytes()).await,
+            request.as_bytes()
+        );
+        drop(conn);
+        dc.wait_for("connection closed");
+    }
+    let times = dc
+        .seen
+        .iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not agree on ALPN"))
+        })
+        .count();
+    assert_eq!(times, 1, "told {times} times");
+    // No warm connection was used.
+    assert!(
+        !dc.seen
+            .iter()
+            .any(|v| v["fields"]["message"] == "warm connection taken"),
+        "a warm connection was used against stunnel"
+    );
+}
+
 /// stunnel sends its `connect` host as SNI, an IP address when that is one
 /// (RFC 6066 allows only names): dctunnel ignores it and says so once per
 /// service at debug, not as a warning on every connection.
