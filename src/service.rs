@@ -245,7 +245,7 @@ async fn handle(
                     origin: Some(guard.info.source),
                 }
                 .encode();
-                deadline(Phase::Start, service.connect_timeout, || async {
+                deadline(Phase::SendStart, service.connect_timeout, || async {
                     remote.write_all(&message).await?;
                     remote.flush().await
                 })
@@ -664,10 +664,12 @@ enum Phase {
     Connect,
     /// Client mode: the TLS handshake with the remote (`handshake_timeout`).
     RemoteHandshake,
-    /// Between two dctunnel ends: the start message. Server mode waits for
-    /// it (`warm_timeout`, see [`wait_for_start`]); client mode sends it
-    /// (`connect_timeout`).
+    /// Server mode, between two dctunnel ends: waiting for the start
+    /// message (`warm_timeout`, see [`wait_for_start`]).
     Start,
+    /// Client mode, between two dctunnel ends: sending the start message
+    /// (`connect_timeout`).
+    SendStart,
     /// Server mode with `proxy_protocol`: sending the PROXY header to the
     /// backend (`connect_timeout`).
     ProxyHeader,
@@ -735,7 +737,7 @@ impl ConnError {
             (Phase::Handshake | Phase::RemoteHandshake, _) => Some(Rejection::HandshakeFailed),
             (Phase::Connect | Phase::ProxyHeader, _) => Some(Rejection::BackendConnectFailed),
             (Phase::Start, Cause::LimitReached) => Some(Rejection::LimitReached),
-            (Phase::Start | Phase::Forward | Phase::Shutdown, _) => None,
+            (Phase::Start | Phase::SendStart | Phase::Forward | Phase::Shutdown, _) => None,
         }
     }
 }
@@ -793,7 +795,8 @@ impl fmt::Display for ConnError {
                 "start message received, but max_connections or max_connections_per_source \
                  has no room for the connection",
             ),
-            (Phase::Start, _) => write!(f, "start message: {cause}"),
+            (Phase::Start, _) => write!(f, "waiting for the start message: {cause}"),
+            (Phase::SendStart, _) => write!(f, "cannot send the start message: {cause}"),
             (Phase::ProxyHeader, _) => write!(f, "cannot send the PROXY header: {cause}"),
             (Phase::Forward, Cause::TimedOut(idle)) => write!(f, "idle for {idle:?}"),
             (Phase::Forward, _) => write!(f, "forwarding failed: {cause}"),
