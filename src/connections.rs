@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -107,8 +107,11 @@ pub struct ServiceState {
     /// told once, at info.
     pub no_alpn_told: AtomicBool,
     /// Warm connections put in use: by a local connection (client mode),
-    /// by a start message (server mode).
+    /// by a start message that says the connection was warm (server mode).
     pub warm_used: AtomicU64,
+    /// Client mode: of the warm connections, those ready to be taken now
+    /// (the others are opening).
+    pub warm_ready: AtomicUsize,
     rejected: [AtomicU64; Rejection::ALL.len()],
     /// What of the refusals gets logged: the counts above stay exact.
     refusals: Arc<Refusals>,
@@ -150,6 +153,7 @@ impl Default for ServiceState {
             ip_sni_seen: AtomicBool::new(false),
             no_alpn_told: AtomicBool::new(false),
             warm_used: AtomicU64::new(0),
+            warm_ready: AtomicUsize::new(0),
             rejected: Default::default(),
             refusals: Arc::default(),
             closed_up: AtomicU64::new(0),
@@ -333,7 +337,6 @@ impl ConnGuard {
         open.warm -= 1;
         self.info.warm.store(false, Ordering::Relaxed);
         *open.per_source.entry(ip).or_insert(0) += 1;
-        self.state.warm_used.fetch_add(1, Ordering::Relaxed);
         true
     }
 }

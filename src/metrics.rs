@@ -356,7 +356,7 @@ impl Collector for ViewCollector {
             e,
             "dctunnel_warm_connections_used",
             "Warm connections put in use: taken by a local connection (client mode), started \
-             by a start message (server mode).",
+             by a start message that says it came from a pool (server mode).",
             MetricType::Counter,
             services.iter().map(|(name, s)| {
                 (

@@ -230,6 +230,7 @@ async fn handle(
                 Some(pool) => pool.take().await,
                 None => None,
             };
+            let was_warm = warm.is_some();
             let mut remote = match warm {
                 Some(warm) => warm.adopt(guard),
                 None => open_remote(&service, guard).await?,
@@ -243,6 +244,7 @@ async fn handle(
                 // protocol (an SMTP banner) needs it.
                 let message = Start {
                     origin: Some(guard.info.source),
+                    warm: was_warm,
                 }
                 .encode();
                 deadline(Phase::SendStart, service.connect_timeout, || async {
@@ -362,6 +364,9 @@ async fn wait_for_start(
     }
     if !guard.start_use(&service) {
         return Err(ConnError::new(Phase::Start, Cause::LimitReached));
+    }
+    if start.warm {
+        guard.state.warm_used.fetch_add(1, Ordering::Relaxed);
     }
     Ok(service)
 }

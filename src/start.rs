@@ -8,11 +8,13 @@
 //!
 //! ```text
 //! "DCT"  version (1)  length (u16, of what follows, at most MAX_BODY)
+//! flags (bit 0: the connection waited in a pool)
 //! family (0: none, 4: IPv4, 6: IPv6)  address (0, 4 or 16 bytes)  port (u16, absent for 0)
 //! ```
 //!
-//! A reader of version 1 ignores bytes after the fields it knows, within
-//! `length`: a later minor addition stays readable. The message is small
+//! A reader of version 1 ignores flags it does not know, and bytes after
+//! the fields it knows, within `length`: a later minor addition stays
+//! readable. The message is small
 //! and bounded: a reader never needs more than [`MAX_LEN`] bytes.
 
 use std::fmt;
@@ -27,7 +29,8 @@ pub const ALPN: &[u8] = b"dctunnel/1";
 const MAGIC: &[u8; 3] = b"DCT";
 const VERSION: u8 = 1;
 const HEADER: usize = MAGIC.len() + 1 + 2;
-/// The most a body may hold: far more than version 1 writes (19 bytes).
+const FLAG_WARM: u8 = 1;
+/// The most a body may hold: far more than version 1 writes (20 bytes).
 pub const MAX_BODY: usize = 256;
 /// The most bytes a start message takes.
 pub const MAX_LEN: usize = HEADER + MAX_BODY;
@@ -38,6 +41,9 @@ pub struct Start {
     /// The application's address, as the client end saw it; `None` when
     /// it did not know it.
     pub origin: Option<SocketAddr>,
+    /// The connection was made before it was needed (a warm connection),
+    /// rather than for this use.
+    pub warm: bool,
 }
 
 /// Why bytes are not a start message.
@@ -61,7 +67,8 @@ pub enum StartError {
 impl Start {
     /// The message, ready to send.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(19);
+        let mut body = Vec::with_capacity(20);
+        body.push(if self.warm { FLAG_WARM } else { 0 });
         match self.origin {
             None => body.push(0),
             Some(a) => {
@@ -81,7 +88,7 @@ impl Start {
         let mut out = Vec::with_capacity(HEADER + body.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        // At most 19 bytes, far below u16::MAX.
+        // At most 20 bytes, far below u16::MAX.
         out.extend_from_slice(&(body.len() as u16).to_be_bytes());
         out.extend_from_slice(&body);
         out
@@ -104,9 +111,11 @@ impl Start {
 
     /// Reads the body of a version 1 message.
     fn parse_body(body: &[u8]) -> Result<Start, StartError> {
-        let (&family, rest) = body.split_first().ok_or(StartError::Short)?;
+        let (&flags, rest) = body.split_first().ok_or(StartError::Short)?;
+        let warm = flags & FLAG_WARM != 0;
+        let (&family, rest) = rest.split_first().ok_or(StartError::Short)?;
         let ip = match family {
-            0 => return Ok(Start { origin: None }),
+            0 => return Ok(Start { origin: None, warm }),
             4 => {
                 let octets = rest.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok());
                 let octets = octets.ok_or(StartError::Short)?;
@@ -123,6 +132,7 @@ impl Start {
         let port = rest.get(at..at + 2).ok_or(StartError::Short)?;
         Ok(Start {
             origin: Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]]))),
+            warm,
         })
     }
 
@@ -188,9 +198,13 @@ pub enum ReadError {
 impl fmt::Display for Start {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.origin {
-            Some(a) => write!(f, "origin {a}"),
-            None => f.write_str("no origin"),
+            Some(a) => write!(f, "origin {a}")?,
+            None => f.write_str("no origin")?,
         }
+        if self.warm {
+            f.write_str(", warm")?;
+        }
+        Ok(())
     }
 }
 
@@ -199,10 +213,12 @@ mod tests {
     use super::*;
 
     fn round_trip(origin: Option<SocketAddr>) {
-        let start = Start { origin };
-        let bytes = start.encode();
-        assert!(bytes.len() <= MAX_LEN);
-        assert_eq!(Start::parse(&bytes), Ok((start, bytes.len())));
+        for warm in [false, true] {
+            let start = Start { origin, warm };
+            let bytes = start.encode();
+            assert!(bytes.len() <= MAX_LEN);
+            assert_eq!(Start::parse(&bytes), Ok((start, bytes.len())));
+        }
     }
 
     #[test]
@@ -215,6 +231,7 @@ mod tests {
         let (s, _) = Start::parse(
             &Start {
                 origin: Some(mapped),
+                warm: false,
             }
             .encode(),
         )
@@ -226,6 +243,7 @@ mod tests {
     fn every_cut_is_truncated_never_a_panic() {
         let bytes = Start {
             origin: Some("[2a06:c484:5::102]:27017".parse().unwrap()),
+            warm: true,
         }
         .encode();
         for cut in 0..bytes.len() {
@@ -254,20 +272,34 @@ mod tests {
             Err(StartError::TooLong(0xffff))
         );
         assert_eq!(
-            Start::parse(b"DCT\x01\x00\x01\x05"),
+            Start::parse(b"DCT\x01\x00\x02\x00\x05"),
             Err(StartError::Family(5))
         );
         // A length too small for the address it announces.
         assert_eq!(
-            Start::parse(b"DCT\x01\x00\x03\x04\x0a\x01"),
+            Start::parse(b"DCT\x01\x00\x04\x00\x04\x0a\x01"),
             Err(StartError::Short)
         );
         assert_eq!(Start::parse(b"DCT\x01\x00\x00"), Err(StartError::Short));
-        // Every byte string of up to 3 bytes after a valid header: no panic.
+        assert_eq!(Start::parse(b"DCT\x01\x00\x01\x01"), Err(StartError::Short));
+        // Unknown flags are ignored.
+        assert_eq!(
+            Start::parse(b"DCT\x01\x00\x02\xff\x00"),
+            Ok((
+                Start {
+                    origin: None,
+                    warm: true
+                },
+                8
+            ))
+        );
+        // Every body of up to 3 bytes: no panic.
         for a in 0..=255u8 {
             for b in [0u8, 4, 6, 255] {
-                let msg = [b'D', b'C', b'T', 1, 0, 2, b, a];
-                let _ = Start::parse(&msg);
+                for len in 0..=3u8 {
+                    let msg = [b'D', b'C', b'T', 1, 0, len, 1, b, a];
+                    let _ = Start::parse(&msg);
+                }
             }
         }
     }
@@ -276,6 +308,7 @@ mod tests {
     fn later_fields_are_skipped() {
         let mut bytes = Start {
             origin: Some("10.0.0.1:80".parse().unwrap()),
+            warm: false,
         }
         .encode();
         bytes[5] += 3;
@@ -290,6 +323,7 @@ mod tests {
     async fn read_takes_the_message_and_nothing_more() {
         let mut bytes = Start {
             origin: Some("127.0.0.1:4000".parse().unwrap()),
+            warm: true,
         }
         .encode();
         bytes.extend_from_slice(b"PING\r\n");

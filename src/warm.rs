@@ -297,6 +297,7 @@ async fn hold(inner: &Inner, mut warm: Warm, expires: Instant) -> Held {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (ask, asked) = oneshot::channel();
     lock(&inner.ready).push_back(Ready { id, ask });
+    inner.state.warm_ready.fetch_add(1, Ordering::Relaxed);
     let mut byte = [0u8; 1];
     enum Event {
         Stop,
@@ -314,6 +315,7 @@ async fn hold(inner: &Inner, mut warm: Warm, expires: Instant) -> Held {
         () = tokio::time::sleep_until(expires) => Event::Expired,
     };
     lock(&inner.ready).retain(|r| r.id != id);
+    inner.state.warm_ready.fetch_sub(1, Ordering::Relaxed);
     let held = match event {
         Event::Asked(Some(reply)) => {
             return match reply.send(warm) {

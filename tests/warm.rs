@@ -19,6 +19,11 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Warm connections of a client end ready to be taken (not opening).
+fn ready(state: &dctunnel::service::ServiceState) -> usize {
+    state.warm_ready.load(Ordering::Relaxed)
+}
+
 fn warm(n: usize) -> TunnelOpts {
     TunnelOpts {
         client_extra: format!("warm_connections = {n}"),
@@ -115,7 +120,7 @@ async fn redis_goes_through_warm_connections_made_before_use() {
     let client = t.daemon.state("plain").unwrap();
     let server = t.daemon.state("tls").unwrap();
     eventually("two warm connections on each end", || {
-        client.warm() == 2 && server.warm() == 2
+        ready(&client) == 2 && server.warm() == 2
     })
     .await;
     // Warm, they count apart from connections in use, and the server end
@@ -140,7 +145,7 @@ async fn redis_goes_through_warm_connections_made_before_use() {
 
     // The pool refills, and the next connection takes a warm one too.
     eventually("the pool refilled", || {
-        client.warm() == 2 && server.warm() == 2
+        ready(&client) == 2 && server.warm() == 2
     })
     .await;
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
@@ -162,7 +167,7 @@ async fn a_server_first_banner_comes_through_a_warm_connection() {
     let client = t.daemon.state("plain").unwrap();
     let server = t.daemon.state("tls").unwrap();
     eventually("a warm connection on each end", || {
-        client.warm() == 1 && server.warm() == 1
+        ready(&client) == 1 && server.warm() == 1
     })
     .await;
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
@@ -212,7 +217,7 @@ async fn the_origin_reaches_the_backend_in_the_proxy_header_and_connections() {
         };
         let t = tunnel(first_line_echo().await, opts).await;
         let client = t.daemon.state("plain").unwrap();
-        eventually("the pool filled", || client.warm() == warm_connections).await;
+        eventually("the pool filled", || ready(&client) == warm_connections).await;
         let mut app = TcpStream::connect(t.entrance).await.unwrap();
         let origin = app.local_addr().unwrap();
         let mut header = String::new();
@@ -230,8 +235,13 @@ async fn the_origin_reaches_the_backend_in_the_proxy_header_and_connections() {
             ),
             "warm_connections = {warm_connections}"
         );
-        // In use: this one. (With a pool, its replacement may be listed
-        // too, as warm and without origin.)
+        // In use: this one. (With a pool, its replacement is listed too,
+        // as warm and without origin, once its handshake is done.)
+        let server = t.daemon.state("tls").unwrap();
+        eventually("the replacement is warm on the server end", || {
+            server.warm() == warm_connections
+        })
+        .await;
         let open: Vec<_> = dctunnel::admin::connections(&t.daemon.view(), Some("tls"))
             .into_iter()
             .filter(|c| !c.warm)
@@ -240,10 +250,13 @@ async fn the_origin_reaches_the_backend_in_the_proxy_header_and_connections() {
         assert_eq!(open[0].origin, Some(origin));
         // The tunnel's source is the client end's own socket.
         assert_ne!(open[0].source, origin);
-        assert_eq!(
-            client.warm_used.load(Ordering::Relaxed) as usize,
-            warm_connections
-        );
+        // Both ends count it as warm only when it came from the pool.
+        for end in [&client, &server] {
+            assert_eq!(
+                end.warm_used.load(Ordering::Relaxed) as usize,
+                warm_connections
+            );
+        }
         drop(app);
         t.daemon.shutdown().await;
     }
@@ -305,7 +318,7 @@ async fn warm_connections_are_counted_apart_and_limited() {
     let server = t.daemon.state("tls").unwrap();
     eventually(
         "three warm on the client end, one warm and two waiting in use on the server end",
-        || client.warm() == 3 && server.warm() == 1 && server.active() == 2,
+        || client.warm() == 3 && ready(&client) == 3 && server.warm() == 1 && server.active() == 2,
     )
     .await;
     let metrics = dctunnel::metrics::render(&t.daemon.view()).unwrap();
@@ -366,7 +379,12 @@ async fn a_reload_narrowing_allow_peers_closes_a_warm_connection() {
         )
     };
     let mut t = start_tunnel_proc(&path, "", |connect| text(CLIENT, connect));
-    t.proc.wait_for("warm connection ready");
+    // The pool made with the reload that named the server end may be
+    // ready before that reload's last line.
+    let ready = |v: &serde_json::Value| v["fields"]["message"] == "warm connection ready";
+    if !t.proc.seen.iter().any(ready) {
+        t.proc.wait_for("warm connection ready");
+    }
     std::fs::write(&path, text("someone-else.test", &t.tls.to_string())).unwrap();
     t.proc.signal("HUP");
     let closed = t.proc.wait_for("warm connection closed");
@@ -434,7 +452,7 @@ warm_connections = 2
     let pool = client_end.state("plain").unwrap();
     let first_state = first.state("tls").unwrap();
     eventually("two warm connections on each end", || {
-        pool.warm() == 2 && first_state.warm() == 2
+        ready(&pool) == 2 && first_state.warm() == 2
     })
     .await;
     first.shutdown().await;
