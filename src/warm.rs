@@ -133,9 +133,7 @@ impl Pool {
         debug!(service = %service.name, warm_connections = service.warm_connections,
             "warm connections: starting");
         for slot in 0..service.warm_connections {
-            let span = tracing::info_span!("warm", service = %service.name, slot,
-                peer = tracing::field::Empty);
-            tracker.spawn(keep(inner.clone(), slot).instrument(span));
+            tracker.spawn(keep(inner.clone(), slot));
         }
         Some(Pool {
             inner,
@@ -192,10 +190,18 @@ enum Held {
     Stopped,
 }
 
+/// One turn of a slot: a connection opened and held, or why not.
+enum Turn {
+    Held(Held),
+    Failed(service::ConnError),
+    /// The remote does not agree on ALPN `dctunnel/1`.
+    NotAgreed,
+    Stopped,
+}
+
 /// One slot: keeps one connection open and ready, until the pool stops.
 async fn keep(inner: Arc<Inner>, slot: usize) {
     let service = &inner.service;
-    let age_limit = service.warm_timeout * 3 / 4;
     let mut backoff = FIRST_BACKOFF;
     // In a run of failures (logged once), until a connection is used or
     // lives its full age.
@@ -214,81 +220,94 @@ async fn keep(inner: Arc<Inner>, slot: usize) {
                 () = wake => {}
             }
         }
-        let Some(guard) = inner
-            .state
-            .admit_warm(service.listen, service.warm_connections)
-        else {
-            return; // Cannot happen: one connection per slot.
-        };
-        let opened = tokio::select! {
-            () = inner.stop.cancelled() => return,
-            r = service::open_remote(service, &guard) => r,
-        };
-        let stream = match opened {
-            Ok(stream) => stream,
-            Err(e) => {
+        // A span per connection: the handshake notes the peer in it.
+        let span = tracing::info_span!("warm", service = %service.name, slot,
+            peer = tracing::field::Empty);
+        let failure = match turn(&inner).instrument(span).await {
+            Turn::Stopped => return,
+            Turn::NotAgreed => {
+                if inner.agrees.swap(false, Ordering::Relaxed) {
+                    service::note_no_alpn(service, &inner.state);
+                }
+                continue;
+            }
+            Turn::Held(Held::Stopped) => return,
+            Turn::Held(Held::Taken | Held::Expired) => {
+                backoff = FIRST_BACKOFF;
+                failing = false;
+                continue;
+            }
+            Turn::Failed(e) => {
                 if !failing {
                     warn!(service = %service.name, error = %e,
                         "warm connections: cannot open one; local connections open their own \
-                         meanwhile; retrying in the background");
-                    failing = true;
-                } else {
-                    debug!(error = %e, "warm connection: cannot open one");
+                         meanwhile; retrying in the background with a growing pause");
                 }
-                drop(guard);
-                tokio::select! {
-                    () = inner.stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MOST_BACKOFF);
-                continue;
+                e.to_string()
             }
-        };
-        if !service::agreed(&stream) {
-            if inner.agrees.swap(false, Ordering::Relaxed) {
-                service::note_no_alpn(service, &inner.state);
-            }
-            close(stream).await;
-            continue;
-        }
-        debug!(
-            remote = guard.info.remote.get().map(tracing::field::display),
-            "warm connection ready"
-        );
-        let warm = Warm {
-            stream,
-            peer: guard.info.peer.get().cloned(),
-            remote: guard.info.remote.get().copied(),
-        };
-        let held = hold(&inner, warm, Instant::now() + age_limit).await;
-        drop(guard);
-        match held {
-            Held::Taken => debug!("warm connection taken"),
-            Held::Expired => debug!("warm connection replaced at its age limit"),
-            Held::Stopped => return,
-            Held::Dead(why) => {
-                // The remote restarted, or refuses this host after the
-                // handshake (TLS 1.3 tells a client so only then): not at
-                // once again, or a refusing remote would be hammered.
+            // The remote restarted, or refuses this host after the
+            // handshake (TLS 1.3 tells a client so only then).
+            Turn::Held(Held::Dead(why)) => {
                 if !failing {
                     info!(service = %service.name, why,
                         "warm connections: the remote closed one before use; opening others \
                          with a growing pause while this goes on");
-                    failing = true;
-                } else {
-                    debug!(why, "warm connection closed by the remote before use");
                 }
-                tokio::select! {
-                    () = inner.stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MOST_BACKOFF);
-                continue;
+                why
             }
+        };
+        if failing {
+            debug!(service = %service.name, slot, why = failure, "warm connection failed again");
         }
-        backoff = FIRST_BACKOFF;
-        failing = false;
+        failing = true;
+        // Not at once again, or a refusing remote would be hammered.
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MOST_BACKOFF);
     }
+}
+
+/// Opens one connection and holds it until it is taken, dies, expires or
+/// the pool stops.
+async fn turn(inner: &Inner) -> Turn {
+    let service = &inner.service;
+    let Some(guard) = inner
+        .state
+        .admit_warm(service.listen, service.warm_connections)
+    else {
+        return Turn::Stopped; // Cannot happen: one connection per slot.
+    };
+    let opened = tokio::select! {
+        () = inner.stop.cancelled() => return Turn::Stopped,
+        r = service::open_remote(service, &guard) => r,
+    };
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => return Turn::Failed(e),
+    };
+    if !service::agreed(&stream) {
+        close(stream).await;
+        return Turn::NotAgreed;
+    }
+    debug!(
+        remote = guard.info.remote.get().map(tracing::field::display),
+        "warm connection ready"
+    );
+    let warm = Warm {
+        stream,
+        peer: guard.info.peer.get().cloned(),
+        remote: guard.info.remote.get().copied(),
+    };
+    let held = hold(inner, warm, Instant::now() + service.warm_timeout * 3 / 4).await;
+    match &held {
+        Held::Taken => debug!("warm connection taken"),
+        Held::Expired => debug!("warm connection replaced at its age limit"),
+        Held::Dead(why) => debug!(why, "warm connection closed by the remote before use"),
+        Held::Stopped => {}
+    }
+    Turn::Held(held)
 }
 
 /// Holds `warm` ready until it is taken, dies, expires or the pool stops;
