@@ -557,3 +557,28 @@ key = "{key}"
     let line = dctunnel::config::describe(&c.services[0]).warm.to_string();
     assert_eq!(line, "  warm: 4 kept ready");
 }
+
+/// Idle, the pool shrinks to one warm connection (the others are not
+/// replaced when they reach their age), and the next use brings it back
+/// to its size. warm_timeout is short here so that ages pass quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pool_shrinks_to_one_and_grows_back_on_use() {
+    let opts = TunnelOpts {
+        server_extra: "warm_timeout = \"4s\"".into(),
+        client_extra: "warm_connections = 3\nwarm_timeout = \"4s\"".into(),
+        ..TunnelOpts::default()
+    };
+    let t = tunnel(echo_backend().await, opts).await;
+    let client = t.daemon.state("plain").unwrap();
+    let server = t.daemon.state("tls").unwrap();
+    eventually("three ready", || ready(&client) == 3).await;
+    eventually("shrunk to one on each end", || {
+        client.warm() == 1 && ready(&client) == 1 && server.warm() == 1
+    })
+    .await;
+    let mut c = TcpStream::connect(t.entrance).await.unwrap();
+    assert_eq!(roundtrip(&mut c, b"wake up").await, b"wake up");
+    assert_eq!(client.warm_used.load(Ordering::Relaxed), 1);
+    eventually("back to three", || ready(&client) == 3).await;
+    t.daemon.shutdown().await;
+}
