@@ -174,22 +174,7 @@ async fn handle(
         } => {
             // Taken now: the handshake consumes the socket.
             let local = tcp.local_addr();
-            let service_ref = &service;
-            let accept = async move {
-                if !guard.state.ip_sni_seen.load(Ordering::Relaxed) {
-                    note_ip_sni(&tcp, service_ref, guard).await;
-                }
-                // The ClientHello decides: our ALPN name for a client that
-                // offers it, and for any other client no ALPN, as always.
-                let hello =
-                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-                let offered = hello
-                    .client_hello()
-                    .alpn()
-                    .is_some_and(|mut names| names.any(|name| name == start::ALPN));
-                let config = if offered { negotiating } else { tls };
-                hello.into_stream(config.clone()).await
-            };
+            let accept = accept(tcp, &service, guard, tls, negotiating);
             let (mut tls, ids) =
                 handshake(Phase::Handshake, &service, guard, Box::pin(accept)).await?;
             // The verifier already checked this; a resumed session skips
@@ -239,25 +224,56 @@ async fn handle(
                 if let Some(pool) = &context.pool {
                     pool.remote_agrees();
                 }
-                // At once, even before the application speaks: the server
-                // end connects to its backend only now, and a server-first
-                // protocol (an SMTP banner) needs it.
-                let message = Start {
-                    origin: Some(guard.info.source),
-                    warm: was_warm,
-                }
-                .encode();
-                deadline(Phase::SendStart, service.connect_timeout, || async {
-                    remote.write_all(&message).await?;
-                    remote.flush().await
-                })
-                .await?;
+                send_start(&mut remote, &service, guard, was_warm).await?;
             } else {
                 note_no_alpn(&service, &guard.state);
             }
             forward(tcp, remote, &service, guard).await
         }
     }
+}
+
+/// Server mode: the TLS handshake, its configuration chosen by the
+/// ClientHello: our ALPN name for a client that offers it, and for any
+/// other client no ALPN, as always.
+async fn accept(
+    tcp: TcpStream,
+    service: &Service,
+    guard: &ConnGuard,
+    tls: &Arc<rustls::ServerConfig>,
+    negotiating: &Arc<rustls::ServerConfig>,
+) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    if !guard.state.ip_sni_seen.load(Ordering::Relaxed) {
+        note_ip_sni(&tcp, service, guard).await;
+    }
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let offered = hello
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut names| names.any(|name| name == start::ALPN));
+    let config = if offered { negotiating } else { tls };
+    hello.into_stream(config.clone()).await
+}
+
+/// Client mode: the start message, sent at once, even before the
+/// application speaks: the server end connects to its backend only now,
+/// and a server-first protocol (an SMTP banner) needs it.
+async fn send_start(
+    remote: &mut TlsStream<TcpStream>,
+    service: &Service,
+    guard: &ConnGuard,
+    warm: bool,
+) -> Result<(), ConnError> {
+    let message = Start {
+        origin: Some(guard.info.source),
+        warm,
+    }
+    .encode();
+    deadline(Phase::SendStart, service.connect_timeout, || async {
+        remote.write_all(&message).await?;
+        remote.flush().await
+    })
+    .await
 }
 
 /// Client mode: connects to the remote and handshakes with it.
