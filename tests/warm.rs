@@ -387,10 +387,13 @@ async fn a_reload_narrowing_allow_peers_closes_a_warm_connection() {
     }
     std::fs::write(&path, text("someone-else.test", &t.tls.to_string())).unwrap();
     t.proc.signal("HUP");
-    let closed = t.proc.wait_for("warm connection closed");
-    let message = closed["message"].as_str().unwrap();
-    assert!(
-        message.contains("its peer identity is no longer in allow_peers"),
+    let closed = t
+        .proc
+        .wait_for("its peer identity is no longer in allow_peers");
+    assert_eq!(
+        closed["message"],
+        "connection closed: warm connection closed: after a reload, its peer identity is no \
+         longer in allow_peers",
         "{closed}"
     );
     // New warm connections are refused at their handshake.
