@@ -585,3 +585,36 @@ async fn an_idle_pool_shrinks_to_one_and_grows_back_on_use() {
     eventually("back to three", || ready(&client) == 3).await;
     t.daemon.shutdown().await;
 }
+
+/// The wait for a start message is bounded: a client end that agrees on
+/// dctunnel/1 and then says nothing is closed at warm_timeout (or, when
+/// max_warm_connections is full, at handshake_timeout), without the
+/// backend ever being reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_end_is_closed_when_its_wait_ends() {
+    for server_extra in [
+        "warm_timeout = \"1s\"",
+        "max_warm_connections = 0\nhandshake_timeout = \"1s\"",
+    ] {
+        let (backend, reached) = counting_relay(echo_backend().await).await;
+        let opts = TunnelOpts {
+            server_extra: server_extra.into(),
+            ..TunnelOpts::default()
+        };
+        let t = tunnel(backend, opts).await;
+        let server = t.daemon.state("tls").unwrap();
+        let mut config = (*tls_client(&t.pki.ca_pem, Some(&t.client_cert))).clone();
+        config.alpn_protocols = vec![b"dctunnel/1".to_vec()];
+        let tcp = TcpStream::connect(t.tls_port).await.unwrap();
+        let sni = rustls::pki_types::ServerName::try_from(SERVER).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(sni, tcp)
+            .await
+            .unwrap();
+        let (got, _) = read_to_end(&mut tls).await;
+        assert!(got.is_empty(), "{server_extra}: {got:?}");
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "{server_extra}");
+        eventually("its place freed", || server.warm() + server.active() == 0).await;
+        t.daemon.shutdown().await;
+    }
+}
