@@ -39,7 +39,7 @@ impl fmt::Display for Warm {
             Warm::None => Ok(()),
             Warm::Kept(n) => write!(f, "  warm: {n} kept ready"),
             Warm::Waiting(0, _) => f.write_str("  warm: none accepted"),
-            Warm::Waiting(n, t) => write!(f, "  warm: up to {n}, {t:?} each"),
+            Warm::Waiting(n, t) => write!(f, "  warm: up to {n}, {t:?} wait"),
         }
     }
 }
