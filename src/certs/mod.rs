@@ -6,6 +6,7 @@
 //!   keys for pinning, reading PEM files, revoking;
 //! - [`csr`]: requests made on the host, signed on the admin machine;
 //! - [`token`]: one-time enrolment tokens for the online CA;
+//! - [`online`]: what the online CA (`mode = "ca"`) signs, and what it refuses;
 //! - [`cli`]: the `dctunnel certs` subcommands, their arguments and output.
 //!
 //! File layout (the names are constants of this module):
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 pub mod ca;
 pub mod cli;
 pub mod csr;
+pub mod online;
 pub mod token;
 
 pub use crate::x509::{spki_pin_of_spki, CertInfo};
