@@ -26,6 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{Host, Role, Service, Target};
 use crate::connections::ConnGuard;
+use crate::dead_peer;
 use crate::proxy::{self, End};
 use crate::proxy_protocol;
 use crate::tls;
@@ -266,7 +267,9 @@ async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, Conn
         // Set once per connection, so it cannot be set already.
         let _ = guard.info.remote.set(addr);
     }
-    set_socket_options(&stream, service, guard);
+    // Client mode: the remote, across the link. Server mode: the backend,
+    // whose host can vanish as a link does (see `set_leg_options`).
+    set_leg_options(&stream, service, guard, true);
     Ok(stream)
 }
 
@@ -330,6 +333,11 @@ where
     match end {
         End::Finished => Ok(()),
         End::Idle(idle) => Err(ConnError::new(Phase::Forward, Cause::TimedOut(idle))),
+        // ETIMEDOUT: the user timeout or keepalive gave up on a peer.
+        End::Error(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnError::new(
+            Phase::Forward,
+            Cause::DeadPeer(service.dead_peer_timeout),
+        )),
         End::Error(e) => Err(ConnError::new(Phase::Forward, e.into())),
     }
 }
@@ -414,6 +422,17 @@ fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
             }
         }
         Cause::Io(err) => info!(up, down, ?duration, error = %err, "connection closed on error"),
+        // A link or host gone: something to look at, not an ordinary end.
+        Cause::DeadPeer(_) => conn_warn!(
+            service,
+            guard.info,
+            up,
+            down,
+            ?duration,
+            remote = guard.info.remote.get().map(tracing::field::display),
+            reason = "dead_peer",
+            "connection closed: {e}"
+        ),
         // Idle, or closed at the shutdown deadline.
         _ => info!(up, down, ?duration, "connection closed: {e}"),
     }
@@ -458,6 +477,10 @@ enum Cause {
     Unreachable(Vec<String>),
     #[error("shutdown deadline reached")]
     ShutdownDeadline,
+    /// A peer stopped acknowledging (`ETIMEDOUT` while forwarding): the
+    /// `dead_peer_timeout` in force, `None` if it is off.
+    #[error("peer unreachable")]
+    DeadPeer(Option<Duration>),
 }
 
 /// Why a connection ended early: the phase and the cause. Its Display is
@@ -537,6 +560,14 @@ impl fmt::Display for ConnError {
             }
             (Phase::ProxyHeader, _) => write!(f, "cannot send the PROXY header: {cause}"),
             (Phase::Forward, Cause::TimedOut(idle)) => write!(f, "idle for {idle:?}"),
+            (_, Cause::DeadPeer(Some(limit))) => write!(
+                f,
+                "peer unreachable: no acknowledgement within {limit:?} (dead_peer_timeout)"
+            ),
+            (_, Cause::DeadPeer(None)) => f.write_str(
+                "peer unreachable: no acknowledgement before the kernel gave up \
+                 (dead_peer_timeout is off)",
+            ),
             (Phase::Forward, _) => write!(f, "forwarding failed: {cause}"),
             (Phase::Connect | Phase::Shutdown, _) => write!(f, "{cause}"),
         }
@@ -612,10 +643,22 @@ fn is_ordinary(e: &io::Error) -> bool {
     )
 }
 
-/// Interactive protocols (Redis, MongoDB) want every small write sent at
-/// once; keepalive finds peers that vanished from idle pools. The
-/// connection works without them, so a failure is logged, not fatal.
+/// Options of the socket a connection was accepted on. In server mode it
+/// comes from across the link (the TLS leg): dead-peer detection applies;
+/// in client mode it is a local application's (see [`set_leg_options`]).
 fn set_socket_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
+    let across = matches!(service.role, Role::Server { .. });
+    set_leg_options(tcp, service, guard, across);
+}
+
+/// Interactive protocols (Redis, MongoDB) want every small write sent at
+/// once; keepalive finds peers that vanished from idle pools. A leg
+/// `across` the link (the TLS leg either way, and a server-mode service's
+/// backend, whose host may vanish just the same) gets dead-peer detection
+/// ([`crate::dead_peer`]): closed within `dead_peer_timeout` once its peer
+/// stops acknowledging. The connection works without these options, so a
+/// failure is logged, not fatal.
+fn set_leg_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard, across: bool) {
     let failed = |option: &str, e: io::Error| {
         conn_warn!(service, guard.info,
             address = tcp.peer_addr().ok().map(tracing::field::display), error = %e,
@@ -624,11 +667,12 @@ fn set_socket_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
     if let Err(e) = tcp.set_nodelay(true) {
         failed("TCP_NODELAY", e);
     }
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
-        failed("TCP keepalive", e);
+    let settings = if across {
+        dead_peer::Settings::for_timeout(service.dead_peer_timeout)
+    } else {
+        dead_peer::Settings::local()
+    };
+    if let Err((option, e)) = settings.apply(socket2::SockRef::from(tcp)) {
+        failed(option, e);
     }
 }
