@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{Host, Role, Service, Target};
+use crate::config::{Host, Role, Service};
 use crate::connections::ConnGuard;
 use crate::dead_peer;
 use crate::proxy::{self, End};
@@ -258,7 +258,7 @@ async fn note_ip_sni(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
 /// mode), timing it and noting the address.
 async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, ConnError> {
     let started = tokio::time::Instant::now();
-    let stream = connect_any(&service.connect, service.connect_timeout).await?;
+    let stream = connect_any(service, guard).await?;
     guard
         .state
         .connect_seconds
@@ -275,10 +275,14 @@ async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, Conn
 
 /// Connects to the first target that answers. A DNS name is resolved now
 /// (not at start), and each of its addresses is tried in turn, each within
-/// `each_timeout`.
-async fn connect_any(targets: &[Target], each_timeout: Duration) -> Result<TcpStream, ConnError> {
+/// `connect_timeout`. An address that failed lately is passed over while
+/// another answers, and tried last otherwise ([`crate::targets`]).
+async fn connect_any(service: &Service, guard: &ConnGuard) -> Result<TcpStream, ConnError> {
+    let each_timeout = service.connect_timeout;
+    let health = &guard.state.targets;
     let mut failures = Vec::new();
-    for target in targets {
+    let mut passed_over = Vec::new();
+    for target in &service.connect {
         let addrs: Vec<SocketAddr> = match &target.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
             Host::Name(name) => {
@@ -296,13 +300,28 @@ async fn connect_any(targets: &[Target], each_timeout: Duration) -> Result<TcpSt
             }
         };
         for addr in addrs {
-            match deadline(Phase::Connect, each_timeout, || TcpStream::connect(addr)).await {
-                Ok(s) => return Ok(s),
-                Err(e) => failures.push(match e.cause {
-                    Cause::TimedOut(limit) => format!("{addr}: no answer within {limit:?}"),
-                    cause => format!("{addr}: {cause}"),
-                }),
+            if health.is_down(addr) {
+                passed_over.push(addr);
+                continue;
             }
+            if let Some(s) = try_address(addr, service, guard, &mut failures).await {
+                if !passed_over.is_empty() {
+                    health.skipped(&passed_over);
+                    debug!(target = %addr, skipped = ?passed_over,
+                        "connected past connect targets marked down");
+                }
+                return Ok(s);
+            }
+        }
+    }
+    // Nothing else answered: the addresses marked down are still worth a
+    // try; with all of them down, this tries every one, as before.
+    if !passed_over.is_empty() {
+        debug!(targets = ?passed_over, "no other connect target answered; trying those marked down");
+    }
+    for addr in passed_over {
+        if let Some(s) = try_address(addr, service, guard, &mut failures).await {
+            return Ok(s);
         }
     }
     Err(ConnError::new(Phase::Connect, Cause::Unreachable(failures)))
@@ -674,5 +693,37 @@ fn set_leg_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard, across
     };
     if let Err((option, e)) = settings.apply(socket2::SockRef::from(tcp)) {
         failed(option, e);
+    }
+}
+
+/// One connect attempt within `connect_timeout`, noted in the service's
+/// record of its targets; a failure is added to `failures`, and logged
+/// when it marks the address down.
+async fn try_address(
+    addr: SocketAddr,
+    service: &Service,
+    guard: &ConnGuard,
+    failures: &mut Vec<String>,
+) -> Option<TcpStream> {
+    let limit = service.connect_timeout;
+    let health = &guard.state.targets;
+    match deadline(Phase::Connect, limit, || TcpStream::connect(addr)).await {
+        Ok(s) => {
+            health.succeeded(&service.name, addr);
+            Some(s)
+        }
+        Err(e) => {
+            let failure = match e.cause {
+                Cause::TimedOut(limit) => format!("no answer within {limit:?}"),
+                cause => cause.to_string(),
+            };
+            if health.failed(&service.name, addr, limit) {
+                conn_warn!(service, guard.info, target = %addr, error = %failure,
+                    "connect target marked down: new connections try the other targets first \
+                     while a background probe retries it");
+            }
+            failures.push(format!("{addr}: {failure}"));
+            None
+        }
     }
 }
