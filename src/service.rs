@@ -717,8 +717,9 @@ async fn try_address(
                 Cause::TimedOut(limit) => format!("no answer within {limit:?}"),
                 cause => cause.to_string(),
             };
-            if health.failed(&service.name, addr, limit) {
+            if let Some(unlogged) = health.failed(&service.name, addr, limit) {
                 conn_warn!(service, guard.info, target = %addr, error = %failure,
+                    down_before_not_logged = unlogged,
                     "connect target marked down: new connections try the other targets first \
                      while a background probe retries it");
             }

@@ -14,8 +14,10 @@
 //!   address after 1 s, then at doubling intervals up to 15 s; a probe or a
 //!   real connection that gets through marks it up again;
 //! - a target that fails again soon after it came back resumes its probe
-//!   interval where it was, so a flapping target costs at most a log line
-//!   pair per probe interval.
+//!   interval where it was; one probe runs per address at most;
+//! - logged once per change (down at warn, back up at info with the skips),
+//!   and for a flapping target once per [`FLAP_WINDOW`] at most, the next
+//!   line saying how many changes went unlogged.
 //!
 //! The record lives in the service's state, which outlives reloads that keep
 //! the service; it is keyed by address, so a reload that keeps the targets
@@ -74,29 +76,32 @@ impl Targets {
         }
     }
 
-    /// A connect to `address` failed. Returns true if that marks it down
-    /// (it was up): the caller logs it, and a probe is started that
-    /// retries it in the background within `connect_timeout` each time.
+    /// A connect to `address` failed: it is marked down, and a probe
+    /// retries it in the background (within `connect_timeout` each time)
+    /// unless one runs already. Returns `Some(n)` when the caller is to
+    /// log the change: not more than once per [`FLAP_WINDOW`] and address,
+    /// `n` being the times it went down since the last line.
     pub fn failed(
         self: &Arc<Self>,
         service: &str,
         address: SocketAddr,
         connect_timeout: Duration,
-    ) -> bool {
-        let delay = self.lock().failed(address, Instant::now());
-        let Some(delay) = delay else {
-            return false;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(probe(
-                Arc::downgrade(self),
-                service.to_owned(),
-                address,
-                connect_timeout,
-                delay,
-            ));
+    ) -> Option<u64> {
+        let marked = self.lock().failed(address, Instant::now())?;
+        if let Some(delay) = marked.probe {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(probe(
+                    Arc::downgrade(self),
+                    service.to_owned(),
+                    address,
+                    connect_timeout,
+                    delay,
+                ));
+            } else {
+                self.lock().probe_ended(address);
+            }
         }
-        true
+        marked.log
     }
 
     /// A connection got through to `address`: up, if it was down.
@@ -142,6 +147,7 @@ async fn probe(
         tokio::time::sleep(delay).await;
         let Some(t) = targets.upgrade() else { return };
         if !t.lock().wants_probe(address, Instant::now()) {
+            t.lock().probe_ended(address);
             return;
         }
         drop(t);
@@ -154,7 +160,11 @@ async fn probe(
         let Some(t) = targets.upgrade() else { return };
         match outcome {
             Ok(()) => {
-                let back = t.lock().succeeded(address, Instant::now());
+                let back = {
+                    let mut table = t.lock();
+                    table.probe_ended(address);
+                    table.succeeded(address, Instant::now())
+                };
                 if let Some(back) = back {
                     back.log(&service, address, "a background probe connected");
                 }
@@ -174,10 +184,15 @@ async fn probe(
 struct Back {
     down_for: Duration,
     skipped: u64,
+    /// Whether its going down was logged (if not, nor is this).
+    logged: bool,
 }
 
 impl Back {
     fn log(&self, service: &str, address: SocketAddr, how: &str) {
+        if !self.logged {
+            return;
+        }
         info!(service, target = %address, down_for = ?self.down_for,
             skipped = self.skipped,
             "connect target back up ({how}); it had been skipped by {} new connections",
@@ -202,6 +217,12 @@ struct Entry {
     back: Option<Instant>,
     /// The interval before the next probe.
     probe_delay: Duration,
+    /// Whether a probe task runs for it (one at most).
+    probing: bool,
+    /// When its going down was last logged, and how often it went down
+    /// since without a line.
+    logged_down: Option<Instant>,
+    unlogged: u64,
 }
 
 #[derive(Debug)]
@@ -209,6 +230,15 @@ struct Down {
     since: Instant,
     /// Skips in this down period (told when it comes back).
     skipped: u64,
+    logged: bool,
+}
+
+/// An address just marked down: the delay before the first probe, if one
+/// is to start, and `Some(times not logged)` if this is to be logged.
+#[derive(Debug, PartialEq, Eq)]
+struct MarkedDown {
+    probe: Option<Duration>,
+    log: Option<u64>,
 }
 
 impl Table {
@@ -231,9 +261,9 @@ impl Table {
         }
     }
 
-    /// Marks `address` down; the delay before its first probe if it was
-    /// up, `None` if it was down already (its probe runs).
-    fn failed(&mut self, address: SocketAddr, now: Instant) -> Option<Duration> {
+    /// Marks `address` down; `None` if it was down already (or is not
+    /// tracked).
+    fn failed(&mut self, address: SocketAddr, now: Instant) -> Option<MarkedDown> {
         let e = self.entry(address, now)?;
         if e.down.is_some() {
             return None;
@@ -242,11 +272,31 @@ impl Table {
         if !flapping {
             e.probe_delay = FIRST_PROBE;
         }
+        let log = match e.logged_down {
+            Some(at) if now.duration_since(at) < FLAP_WINDOW => {
+                e.unlogged += 1;
+                None
+            }
+            _ => {
+                e.logged_down = Some(now);
+                Some(std::mem::take(&mut e.unlogged))
+            }
+        };
         e.down = Some(Down {
             since: now,
             skipped: 0,
+            logged: log.is_some(),
         });
-        Some(e.probe_delay)
+        let probe = (!e.probing).then_some(e.probe_delay);
+        e.probing = true;
+        Some(MarkedDown { probe, log })
+    }
+
+    /// A probe task ended.
+    fn probe_ended(&mut self, address: SocketAddr) {
+        if let Some(e) = self.entries.get_mut(&address) {
+            e.probing = false;
+        }
     }
 
     /// The entry of `address`, made (up) if it has none, and noted as
@@ -265,6 +315,9 @@ impl Table {
             skips: 0,
             back: None,
             probe_delay: FIRST_PROBE,
+            probing: false,
+            logged_down: None,
+            unlogged: 0,
         });
         e.wanted = now;
         Some(e)
@@ -278,6 +331,7 @@ impl Table {
         Some(Back {
             down_for: now.duration_since(down.since),
             skipped: down.skipped,
+            logged: down.logged,
         })
     }
 
@@ -327,7 +381,13 @@ mod tests {
         let now = Instant::now();
         let mut t = Table::default();
         assert!(!t.is_down(a, now));
-        assert_eq!(t.failed(a, now), Some(FIRST_PROBE));
+        assert_eq!(
+            t.failed(a, now),
+            Some(MarkedDown {
+                probe: Some(FIRST_PROBE),
+                log: Some(0)
+            })
+        );
         // Down already: no second probe.
         assert_eq!(t.failed(a, now), None);
         assert!(t.is_down(a, now));
@@ -340,7 +400,8 @@ mod tests {
             t.succeeded(a, later),
             Some(Back {
                 down_for: Duration::from_secs(7),
-                skipped: 2
+                skipped: 2,
+                logged: true,
             })
         );
         assert!(!t.is_down(a, later));
@@ -363,13 +424,47 @@ mod tests {
         assert_eq!(delays[2], Duration::from_secs(8));
         assert_eq!(delays[5], MAX_PROBE);
         t.succeeded(a, now);
-        assert_eq!(t.failed(a, now + Duration::from_secs(5)), Some(MAX_PROBE));
+        t.probe_ended(a);
+        let again = t.failed(a, now + Duration::from_secs(5)).unwrap();
+        assert_eq!(again.probe, Some(MAX_PROBE));
         let much_later = now + FLAP_WINDOW + Duration::from_secs(10);
         t.succeeded(a, much_later);
-        assert_eq!(
-            t.failed(a, much_later + FLAP_WINDOW + Duration::from_secs(1)),
-            Some(FIRST_PROBE)
-        );
+        t.probe_ended(a);
+        let again = t.failed(a, much_later + FLAP_WINDOW + Duration::from_secs(1));
+        assert_eq!(again.unwrap().probe, Some(FIRST_PROBE));
+    }
+
+    /// A target that flaps (down, up through a connection, down...) gets
+    /// one probe at a time and one log line pair per window, the next line
+    /// saying how many changes went unlogged.
+    #[test]
+    fn flapping_is_logged_once_per_window_with_one_probe() {
+        let a = addr("10.0.0.1:6379");
+        let now = Instant::now();
+        let mut t = Table::default();
+        let first = t.failed(a, now).unwrap();
+        assert_eq!(first.log, Some(0));
+        assert!(first.probe.is_some());
+        for i in 1..=5 {
+            let at = now + Duration::from_secs(i);
+            let back = t.succeeded(a, at).unwrap();
+            assert_eq!(back.logged, i == 1, "{i}");
+            let again = t.failed(a, at).unwrap();
+            assert_eq!(
+                again,
+                MarkedDown {
+                    probe: None,
+                    log: None
+                },
+                "{i}"
+            );
+        }
+        t.probe_ended(a);
+        let later = now + FLAP_WINDOW + Duration::from_secs(1);
+        t.succeeded(a, later);
+        let next = t.failed(a, later).unwrap();
+        assert_eq!(next.log, Some(5));
+        assert!(next.probe.is_some());
     }
 
     /// Probes end when the address came back or was not wanted for long;
@@ -415,7 +510,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = listener.local_addr().unwrap();
         let targets = Arc::new(Targets::default());
-        assert!(targets.failed("redis", a, Duration::from_secs(1)));
+        assert_eq!(targets.failed("redis", a, Duration::from_secs(1)), Some(0));
         assert!(targets.is_down(a));
         let status = targets.snapshot();
         assert_eq!(status.len(), 1);
