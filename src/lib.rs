@@ -7,6 +7,10 @@
 //! - [`service`]: the accept loop and the life of one connection.
 //! - [`connections`]: the live record of open connections, limits and counters.
 //! - [`refusals`]: summarises repeated refusals in the log.
+//! - [`targets`]: connect addresses that failed lately, skipped and probed
+//!   until they answer again.
+//! - [`dead_peer`]: the TCP settings that find a vanished peer within
+//!   `dead_peer_timeout` (user timeout, keepalive).
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`start`]: the start message between two dctunnel ends (ALPN `dctunnel/1`),
@@ -22,7 +26,10 @@
 //!   the daemon's verdict.
 //! - [`check`], [`logging`]: the `check` command and log output.
 //! - [`output`]: the command-line tools' stdout, quiet when the reader goes (`| head`).
-//! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
+//! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs,
+//!   enrolment tokens, and what the online CA signs.
+//! - [`ca_service`]: the online CA (`mode = "ca"`) on the wire: renewal and
+//!   enrolment requests over TLS.
 //! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
@@ -34,12 +41,14 @@
 
 pub mod admin;
 pub mod assets;
+pub mod ca_service;
 pub mod certs;
 pub mod check;
 pub mod config;
 pub mod connections;
 pub mod control;
 pub mod daemon;
+pub mod dead_peer;
 pub mod files;
 pub mod listeners;
 pub mod logging;
@@ -54,6 +63,7 @@ pub mod start;
 pub mod status;
 pub mod stunnel;
 pub mod systemd;
+pub mod targets;
 pub mod tls;
 pub mod warm;
 pub mod watch;

@@ -860,14 +860,45 @@ async fn dashboard_and_alerts_use_exported_metrics() {
     // One connection, so that the metrics of peers seen in handshakes exist.
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
     assert_eq!(roundtrip(&mut c, b"hello").await, b"hello");
-    let addr = admin(t.daemon.view()).await;
-    let s = scrape(addr).await;
+    // And an online CA, whose metrics only a `mode = "ca"` service has.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
+    let svc_dir = dir.path().join("svc");
+    certs_cli(&[
+        "issue",
+        "--ca",
+        ca_dir.to_str().unwrap(),
+        "--name",
+        "ca.test",
+        "--out",
+        svc_dir.to_str().unwrap(),
+    ]);
+    let svc = host_files(&svc_dir, "ca.test");
+    let (_ca_config, ca) = start_daemon(&format!(
+        "[[service]]\nname = \"online-ca\"\nmode = \"ca\"\nlisten = \"127.0.0.1:0\"\n\
+         cert = \"{}\"\nkey = \"{}\"\nca_dir = \"{}\"\n",
+        svc.cert.display(),
+        svc.key.display(),
+        ca_dir.display()
+    ));
     let mut exported: Vec<String> = Vec::new();
-    for sample in &s.samples {
-        exported.push(sample.metric.clone());
-        if matches!(sample.value, Value::Histogram(_)) {
-            exported.push(format!("{}_bucket", sample.metric));
+    for view in [t.daemon.view(), ca.view()] {
+        let s = scrape(admin(view).await).await;
+        for sample in &s.samples {
+            exported.push(sample.metric.clone());
+            if matches!(sample.value, Value::Histogram(_)) {
+                exported.push(format!("{}_bucket", sample.metric));
+            }
         }
+    }
+    for name in [
+        "dctunnel_target_up",
+        "dctunnel_target_skips_total",
+        "dctunnel_ca_certificates_issued_total",
+        "dctunnel_ca_requests_refused_total",
+    ] {
+        assert!(exported.iter().any(|e| e == name), "{name} not exported");
     }
 
     let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
@@ -906,6 +937,7 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         }
     }
     t.daemon.shutdown().await;
+    ca.shutdown().await;
 }
 
 /// Reads the table whose header starts with `first`: one map per row,

@@ -44,6 +44,31 @@ pub enum CertsCommand {
     /// Add a certificate's serial to the CA's revocation list DIR/ca.crl
     /// (created if missing) and re-sign it.
     Revoke(RevokeArgs),
+    /// Where the online CA runs: make a one-time enrolment token for a new
+    /// host, bound to the names it may ask for and pinning the CA. Prints
+    /// the token alone on stdout (what it grants goes to stderr).
+    Token(TokenArgs),
+}
+
+/// Arguments of `dctunnel certs token`.
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// CA directory of the online CA service (its `ca_dir`): the token is
+    /// recorded in DIR/tokens/.
+    #[arg(long, value_name = "DIR")]
+    pub ca: PathBuf,
+    /// Host name the token grants: the common name and first DNS name.
+    #[arg(long)]
+    pub name: String,
+    /// Extra DNS names it grants (repeatable, or comma-separated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// IP addresses it grants (repeatable, or comma-separated).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub ip: Vec<IpAddr>,
+    /// How long the token can be used ("15m", "1h"; at most 7 days).
+    #[arg(long, default_value = "15m")]
+    pub ttl: String,
 }
 
 /// Arguments of `dctunnel certs init-ca`.
@@ -214,6 +239,7 @@ pub fn main(cmd: CertsCommand) -> ExitCode {
         CertsCommand::Keygen(args) => run_keygen(args),
         CertsCommand::Show(args) => run_show(args),
         CertsCommand::Revoke(args) => run_revoke(args),
+        CertsCommand::Token(args) => run_token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +254,33 @@ pub fn main(cmd: CertsCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_token(args: TokenArgs) -> Result<(), CertsError> {
+    let ttl = crate::config::parse_duration(&args.ttl)
+        .ok()
+        .and_then(|d| time::Duration::try_from(d).ok())
+        .ok_or(CertsError::TokenTtl)?;
+    let grant = super::token::Grant {
+        name: args.name,
+        dns: args.dns,
+        ips: args.ip,
+    };
+    let made = super::token::make(&args.ca, &grant, ttl)?;
+    eprintln!(
+        "one-time enrolment token {} for {}, usable until {}; recorded in {}",
+        made.token.id(),
+        grant.names().join(", "),
+        human_time(made.expires),
+        display_path(&made.record)
+    );
+    eprintln!(
+        "it pins the CA key {}; on the new host: dctunnel certs enrol --token TOKEN --ca-service HOST:PORT --name {} --out DIR",
+        made.token.ca_pin_text(),
+        grant.name
+    );
+    crate::outln!("{}", made.token);
+    Ok(())
 }
 
 fn run_init_ca(args: InitCaArgs) -> Result<(), CertsError> {

@@ -4,6 +4,9 @@
 //!
 //! - [`ca`]: the operations, a library: making a CA, issuing, self-signed
 //!   keys for pinning, reading PEM files, revoking;
+//! - [`csr`]: requests made on the host, signed on the admin machine;
+//! - [`token`]: one-time enrolment tokens for the online CA;
+//! - [`online`]: what the online CA (`mode = "ca"`) signs, and what it refuses;
 //! - [`cli`]: the `dctunnel certs` subcommands, their arguments and output.
 //!
 //! File layout (the names are constants of this module):
@@ -27,6 +30,8 @@ use std::path::PathBuf;
 pub mod ca;
 pub mod cli;
 pub mod csr;
+pub mod online;
+pub mod token;
 
 pub use crate::x509::{spki_pin_of_spki, CertInfo};
 pub use ca::{
@@ -35,7 +40,7 @@ pub use ca::{
 };
 pub use cli::{
     main, CertsCommand, HostArgs, InitCaArgs, IssueArgs, KeygenArgs, RenewArgs, RequestArgs,
-    RevokeArgs, ShowArgs, SignArgs,
+    RevokeArgs, ShowArgs, SignArgs, TokenArgs,
 };
 pub use csr::{renew, request, sign, RequestOptions, Requested, Signed};
 
@@ -154,6 +159,11 @@ pub enum CertsError {
     /// rcgen refused to build or sign a certificate or CRL.
     #[error("cannot sign")]
     Sign(#[source] rcgen::Error),
+    /// `certs token --ttl` out of range.
+    #[error(
+        "--ttl must be more than 0 and at most 7 days: a token is for an enrolment about to happen"
+    )]
+    TokenTtl,
     /// The system random number generator failed.
     #[error("the random number generator failed")]
     Random,

@@ -15,6 +15,7 @@ use super::problem::{ConfigError, Location, Problem};
 use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawService};
 use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
 use super::{Config, Fingerprint, Host, Mode, Role, Service, Target};
+use crate::certs::online::Authority;
 use crate::files;
 use crate::tls::{self, PeerPolicy, TlsFiles};
 
@@ -22,6 +23,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Same as stunnel's `TIMEOUTidle`: connection pools keep connections idle
 /// for hours, and TCP keepalive already finds dead peers.
+/// `lifetime` of the certificates the online CA issues.
+const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 /// `warm_timeout`: a server end closes a connection that sent no start
 /// message for a minute; a client end replaces its warm connections at
@@ -30,6 +33,11 @@ const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// `max_warm_connections`: a few client hosts with a handful of warm
 /// connections each, with room to spare; each is two idle sockets.
 const DEFAULT_MAX_WARM_CONNECTIONS: usize = 100;
+/// A blackholed link between datacenters is noticed within this, on idle
+/// and busy connections alike; far above a WAN's round trips and
+/// retransmission backoff for a lossy moment, far below the 15 minutes of
+/// the kernel's own retransmission limit.
+const DEFAULT_DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[daemon].watch_files`: often enough that a renewed certificate is in
 /// use within seconds, rarely enough that the stat calls cost nothing.
@@ -43,12 +51,18 @@ pub mod bounds {
 
     /// `connect_timeout`, `handshake_timeout`: one hour.
     pub const TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `dead_peer_timeout`: at least one second (keepalive counts in whole
+    /// seconds), at most one hour.
+    pub const DEAD_PEER_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
     /// `idle_timeout`: 30 days.
     pub const IDLE_TIMEOUT: (Duration, &str) = (Duration::from_secs(30 * 86400), "30d");
     /// `[daemon].shutdown_timeout`: one hour.
     pub const SHUTDOWN_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
     /// `[daemon].watch_files`: one hour.
     pub const WATCH_FILES: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `lifetime` of the online CA: one hour to 825 days.
+    pub const LIFETIME: (Duration, Duration) =
+        (Duration::from_secs(3600), Duration::from_secs(825 * 86400));
     /// `[daemon].worker_threads`.
     pub const WORKER_THREADS: usize = 256;
     /// `max_connections`, `max_connections_per_source`: each connection
@@ -139,6 +153,8 @@ struct Timeouts {
     /// `None`: no idle timeout (`idle_timeout = "0s"`).
     idle: Option<Duration>,
     warm: Duration,
+    /// `None`: dead-peer detection off (`dead_peer_timeout = "0s"`).
+    dead_peer: Option<Duration>,
 }
 
 const DAEMON: Location = Location::Table("daemon");
@@ -248,6 +264,8 @@ impl Context {
             ("mode", defaults.mode.is_some()),
             ("listen", defaults.listen.is_some()),
             ("connect", defaults.connect.is_some()),
+            ("ca_dir", defaults.ca_dir.is_some()),
+            ("lifetime", defaults.lifetime.is_some()),
         ] {
             if set {
                 self.problem(
@@ -483,11 +501,40 @@ impl Context {
         let at = Location::Service(label.to_owned());
         let name = self.name(&at, label, &raw);
         let mode = raw.mode.or_else(|| {
-            self.problem(&at, Some("mode"), "is required: \"server\" or \"client\"");
+            self.problem(
+                &at,
+                Some("mode"),
+                "is required: \"server\", \"client\" or \"ca\"",
+            );
             None
         });
         let listen = self.listen(&at, &raw);
-        let connect = self.connect(&at, &raw);
+        let authority = match mode {
+            Some(Mode::Ca) => self.authority(&at, &raw),
+            _ => None,
+        };
+        // The online CA trusts its own CA certificate, whatever the
+        // defaults say: the folder it signs with holds it.
+        let raw = match (&authority, mode) {
+            (Some(a), _) => RawService {
+                ca: Some(
+                    a.dir()
+                        .join(crate::certs::CA_CERT_FILE)
+                        .display()
+                        .to_string(),
+                ),
+                ..raw
+            },
+            (None, Some(Mode::Ca)) => RawService {
+                ca: Some(String::new()),
+                ..raw
+            },
+            _ => raw,
+        };
+        let connect = match mode {
+            Some(Mode::Ca) => Vec::new(),
+            _ => self.connect(&at, &raw),
+        };
         let allow_sources = self.allow_sources(&at, &raw);
         let timeouts = self.timeouts(&at, &raw);
         self.limits(&at, &raw);
@@ -504,6 +551,11 @@ impl Context {
         // section imported from stunnel lists both at once.
         let peers = match mode {
             Some(Mode::Server) => self.allowed_peers(&at, &raw, &files),
+            // Any certificate of its CA may renew, and only its own names.
+            Some(Mode::Ca) => match &raw.allow_peers {
+                None => Some(PeerPolicy::Any),
+                Some(_) => self.allowed_peers(&at, &raw, &files),
+            },
             _ => None,
         };
         // Without its files (a key missing, a file name that did not
@@ -515,6 +567,7 @@ impl Context {
         let role = match mode? {
             Mode::Server => self.server_role(&at, peers?, &files, &mut read),
             Mode::Client => self.client_role(&at, &raw, &files, &connect, &mut read),
+            Mode::Ca => self.ca_role(&at, peers?, authority?, &files, &mut read),
         };
         if self.found > before {
             return None;
@@ -530,6 +583,7 @@ impl Context {
             connect_timeout: timeouts.connect,
             handshake_timeout: timeouts.handshake,
             idle_timeout: timeouts.idle,
+            dead_peer_timeout: timeouts.dead_peer,
             proxy_protocol: raw.proxy_protocol,
             warm_connections: match mode {
                 Some(Mode::Client) => raw.warm_connections.unwrap_or(0),
@@ -671,6 +725,24 @@ impl Context {
                 ),
             );
         }
+        let dead_peer = self.duration(
+            at,
+            "dead_peer_timeout",
+            &raw.dead_peer_timeout,
+            DEFAULT_DEAD_PEER_TIMEOUT,
+            bounds::DEAD_PEER_TIMEOUT,
+        );
+        if !dead_peer.is_zero() && dead_peer < Duration::from_secs(1) {
+            self.problem(
+                at,
+                Some("dead_peer_timeout"),
+                format!(
+                    "{:?} is shorter than 1s, the least it may be (TCP keepalive counts \
+                     whole seconds); \"0s\" turns detection off",
+                    raw.dead_peer_timeout.as_deref().unwrap_or_default()
+                ),
+            );
+        }
         for (field, value) in [
             ("connect_timeout", connect),
             ("handshake_timeout", handshake),
@@ -684,6 +756,7 @@ impl Context {
             handshake,
             idle: (!idle.is_zero()).then_some(idle),
             warm: warm.max(bounds::WARM_TIMEOUT_MIN.0),
+            dead_peer: (!dead_peer.is_zero()).then_some(dead_peer),
         }
     }
 
@@ -813,7 +886,7 @@ impl Context {
                 "applies to server mode only (the header tells the backend who the TLS peer is)",
             );
         }
-        if mode == Mode::Client && raw.max_warm_connections.is_some() {
+        if mode != Mode::Server && raw.max_warm_connections.is_some() {
             self.problem(
                 at,
                 Some("max_warm_connections"),
@@ -821,13 +894,60 @@ impl Context {
                  a client-mode service sets warm_connections",
             );
         }
-        if mode == Mode::Server && raw.warm_connections.is_some() {
+        if mode != Mode::Client && raw.warm_connections.is_some() {
             self.problem(
                 at,
                 Some("warm_connections"),
                 "applies to client mode only (connections kept ready to the remote); a server-mode \
                  service bounds the warm connections of its clients with max_warm_connections",
             );
+        }
+        if mode != Mode::Ca {
+            for (field, set) in [
+                ("ca_dir", raw.ca_dir.is_some()),
+                ("lifetime", raw.lifetime.is_some()),
+            ] {
+                if set {
+                    self.problem(at, Some(field), "applies to mode = \"ca\" only");
+                }
+            }
+        } else {
+            for (field, set, why) in [
+                (
+                    "connect",
+                    raw.connect.is_some(),
+                    "the online CA answers itself; it connects nowhere",
+                ),
+                (
+                    "ca",
+                    raw.ca.is_some(),
+                    "is ca_dir/ca.pem in mode = \"ca\"; remove it",
+                ),
+                (
+                    "crl",
+                    raw.crl.is_some(),
+                    "is ca_dir/ca.crl in mode = \"ca\", read at every request; remove it",
+                ),
+                (
+                    "peer_pins",
+                    raw.peer_pins.is_some(),
+                    "does not apply to mode = \"ca\": it renews certificates of its own CA only",
+                ),
+                (
+                    "proxy_protocol",
+                    raw.proxy_protocol.is_some(),
+                    "applies to server mode only",
+                ),
+                (
+                    "server_name",
+                    raw.server_name.is_some(),
+                    "applies to client mode only",
+                ),
+            ] {
+                if set {
+                    self.problem(at, Some(field), why);
+                }
+            }
         }
         if mode == Mode::Server && raw.server_name.is_some() {
             self.problem(
@@ -918,6 +1038,63 @@ impl Context {
                 negotiating: tls::negotiating(&tls),
                 tls,
                 peers,
+            })
+    }
+
+    /// `mode = "ca"`: the CA folder (its key private) and the lifetime of
+    /// what it issues.
+    fn authority(&mut self, at: &Location, raw: &RawService) -> Option<Arc<Authority>> {
+        let lifetime = match &raw.lifetime {
+            None => DEFAULT_CA_LIFETIME,
+            Some(v) => match parse_duration(v) {
+                Ok(d) if d < bounds::LIFETIME.0 || d > bounds::LIFETIME.1 => {
+                    self.problem(
+                        at,
+                        Some("lifetime"),
+                        format!("{v:?} is out of range: from 1h to 825d"),
+                    );
+                    return None;
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(at, Some("lifetime"), e);
+                    return None;
+                }
+            },
+        };
+        let Some(dir) = &raw.ca_dir else {
+            self.problem(
+                at,
+                Some("ca_dir"),
+                "is required in mode = \"ca\": the folder of `dctunnel certs init-ca` (ca.pem, ca.key)",
+            );
+            return None;
+        };
+        let dir = self.path(at, "ca_dir", dir)?;
+        let lifetime = time::Duration::try_from(lifetime).ok()?;
+        Authority::open(&dir, lifetime)
+            .map_err(|e| self.problem(at, Some("ca_dir"), e))
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// `mode = "ca"`: the TLS server settings (a client certificate is
+    /// optional at the handshake: enrolment has none) and the authority.
+    fn ca_role(
+        &mut self,
+        at: &Location,
+        peers: PeerPolicy,
+        authority: Arc<Authority>,
+        files: &TlsFiles,
+        read: &mut tls::Contents,
+    ) -> Option<Role> {
+        tls::ca_service_config(files, read)
+            .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
+            .ok()
+            .map(|tls| Role::Ca {
+                tls,
+                peers: Arc::new(peers),
+                authority,
             })
     }
 
@@ -1047,6 +1224,13 @@ fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
             both(
                 own.max_warm_connections.is_some(),
                 defaults.max_warm_connections.is_some(),
+            ),
+        ),
+        (
+            "dead_peer_timeout",
+            both(
+                own.dead_peer_timeout.is_some(),
+                defaults.dead_peer_timeout.is_some(),
             ),
         ),
     ]

@@ -71,6 +71,11 @@ pub struct Service {
     pub handshake_timeout: Duration,
     /// `None` disables the idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// How long a peer across the link may leave sent data or keepalive
+    /// probes unacknowledged before its connection is closed
+    /// (`TCP_USER_TIMEOUT` and keepalive, see `service`); `None`: off, the
+    /// kernel's retransmission limits and a slow keepalive apply.
+    pub dead_peer_timeout: Option<Duration>,
     /// Server mode: send a PROXY protocol header to the backend first.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// Client mode: how many connections to the remote to keep ready
@@ -110,6 +115,13 @@ pub enum Role {
         tls: Arc<rustls::ClientConfig>,
         server_name: rustls::pki_types::ServerName<'static>,
     },
+    /// The online CA: TLS (client certificate optional, for enrolment),
+    /// then renewal and enrolment requests (see `crate::ca_service`).
+    Ca {
+        tls: Arc<rustls::ServerConfig>,
+        peers: Arc<PeerPolicy>,
+        authority: Arc<crate::certs::online::Authority>,
+    },
 }
 
 impl fmt::Debug for Role {
@@ -120,6 +132,13 @@ impl fmt::Debug for Role {
                 .debug_struct("Client")
                 .field("server_name", server_name)
                 .finish(),
+            Role::Ca {
+                peers, authority, ..
+            } => f
+                .debug_struct("Ca")
+                .field("peers", peers)
+                .field("ca_dir", &authority.dir())
+                .finish(),
         }
     }
 }
@@ -129,6 +148,7 @@ impl Service {
         match self.role {
             Role::Server { .. } => Mode::Server,
             Role::Client { .. } => Mode::Client,
+            Role::Ca { .. } => Mode::Ca,
         }
     }
 
@@ -182,6 +202,8 @@ impl fmt::Debug for Fingerprint {
 pub enum Mode {
     Server,
     Client,
+    /// The online CA: renews and enrols hosts' certificates over mutual TLS.
+    Ca,
 }
 
 impl fmt::Display for Mode {
@@ -190,6 +212,7 @@ impl fmt::Display for Mode {
         f.pad(match self {
             Mode::Server => "server",
             Mode::Client => "client",
+            Mode::Ca => "ca",
         })
     }
 }
@@ -243,6 +266,39 @@ mod tests {
             assert!(
                 !found.iter().any(|p| p.contains("watch_files")),
                 "{found:?}"
+            );
+        }
+    }
+
+    /// `dead_peer_timeout`: from 1s to 1h, or "0s" (off); a bad value is
+    /// named with its service and field.
+    #[test]
+    fn dead_peer_timeout_is_bounded() {
+        let problems = |value: &str| -> Vec<String> {
+            let text = format!("[defaults]\ndead_peer_timeout = \"{value}\"\n");
+            match parse(std::path::Path::new("/etc/dctunnel/t.toml"), &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+            }
+        };
+        for (bad, says) in [
+            ("500ms", "shorter than 1s"),
+            ("2h", "longer than 1h"),
+            ("soon", "not a duration"),
+        ] {
+            let found = problems(bad);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains("[defaults].dead_peer_timeout") && p.contains(says)),
+                "{bad}: {found:?}"
+            );
+        }
+        for ok in ["0s", "1s", "3s", "30s", "1h"] {
+            let found = problems(ok);
+            assert!(
+                !found.iter().any(|p| p.contains("dead_peer_timeout")),
+                "{ok}: {found:?}"
             );
         }
     }

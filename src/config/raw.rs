@@ -28,12 +28,17 @@ pub(super) struct RawService {
     pub connect_timeout: Option<String>,
     pub handshake_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub dead_peer_timeout: Option<String>,
     pub tls12: Option<bool>,
     pub tls_resumption: Option<bool>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub warm_connections: Option<usize>,
     pub max_warm_connections: Option<usize>,
     pub warm_timeout: Option<String>,
+    /// `mode = "ca"`: the CA folder it signs with.
+    pub ca_dir: Option<String>,
+    /// `mode = "ca"`: the lifetime of the certificates it issues.
+    pub lifetime: Option<String>,
 }
 
 impl RawService {
@@ -61,12 +66,16 @@ impl RawService {
             connect_timeout: self.connect_timeout.or(d.connect_timeout),
             handshake_timeout: self.handshake_timeout.or(d.handshake_timeout),
             idle_timeout: self.idle_timeout.or(d.idle_timeout),
+            dead_peer_timeout: self.dead_peer_timeout.or(d.dead_peer_timeout),
             tls12: self.tls12.or(d.tls12),
             tls_resumption: self.tls_resumption.or(d.tls_resumption),
             proxy_protocol: self.proxy_protocol.or(d.proxy_protocol),
             warm_connections: self.warm_connections.or(d.warm_connections),
             max_warm_connections: self.max_warm_connections.or(d.max_warm_connections),
             warm_timeout: self.warm_timeout.or(d.warm_timeout),
+            // Per service: a CA folder is never a default.
+            ca_dir: self.ca_dir,
+            lifetime: self.lifetime,
         }
     }
 }

@@ -47,7 +47,7 @@ impl fmt::Display for Warm {
 /// The summary of `service`.
 pub fn describe(service: &Service) -> Summary<'_> {
     let check = match &service.role {
-        Role::Server { peers, .. } => PeerCheck::Clients(peers),
+        Role::Server { peers, .. } | Role::Ca { peers, .. } => PeerCheck::Clients(peers),
         Role::Client { server_name, .. } => PeerCheck::Server(server_name),
     };
     Summary {
@@ -62,7 +62,7 @@ pub fn describe(service: &Service) -> Summary<'_> {
         },
         warm: match service.mode() {
             Mode::Client if service.warm_connections > 0 => Warm::Kept(service.warm_connections),
-            Mode::Client => Warm::None,
+            Mode::Client | Mode::Ca => Warm::None,
             Mode::Server => Warm::Waiting(service.max_warm_connections, service.warm_timeout),
         },
     }
@@ -74,6 +74,10 @@ pub struct Targets<'a>(pub &'a [Target]);
 
 impl fmt::Display for Targets<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            // Only the online CA connects nowhere: it answers itself.
+            return f.write_str("(signs certificates)");
+        }
         list(f, self.0)
     }
 }
