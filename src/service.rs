@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector, TlsStream};
@@ -247,7 +247,12 @@ async fn handle(
             } else {
                 note_no_alpn(&service, &guard.state);
             }
-            forward(tcp, remote, &service, guard).await
+            match forward(tcp, &mut remote, &service, guard).await {
+                Err(e) if guard.info.meter.down() == 0 => {
+                    Err(refusal_instead(&mut remote, e, service.connect_timeout).await)
+                }
+                end => end,
+            }
         }
     }
 }
@@ -288,11 +293,37 @@ async fn send_start(
         warm,
     }
     .encode();
-    deadline(Phase::SendStart, service.connect_timeout, || async {
+    let sent = deadline(Phase::SendStart, service.connect_timeout, || async {
         remote.write_all(&message).await?;
         remote.flush().await
     })
-    .await
+    .await;
+    match sent {
+        Ok(()) => Ok(()),
+        Err(e) => Err(refusal_instead(remote, e, service.connect_timeout).await),
+    }
+}
+
+/// Client mode: a write to the remote failed before any byte came back.
+/// A remote that refused this host after the TLS 1.3 handshake (its
+/// allow_peers, its CA) sent an alert and closed, and the write met the
+/// close: the alert, already received, says why, and the connection is
+/// then counted as the refusal it is.
+async fn refusal_instead(
+    remote: &mut TlsStream<TcpStream>,
+    e: ConnError,
+    limit: Duration,
+) -> ConnError {
+    let write_failed = matches!(&e.cause, Cause::Io(io)
+        if matches!(io.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset));
+    if !write_failed {
+        return e;
+    }
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(limit, remote.read(&mut byte)).await {
+        Ok(Err(read)) if alert(&read).is_some() => ConnError::new(e.phase, read.into()),
+        _ => e,
+    }
 }
 
 /// Client mode: connects to the remote and handshakes with it.
