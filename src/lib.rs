@@ -19,6 +19,10 @@
 //! - [`check`], [`logging`]: the `check` command and log output.
 //! - [`output`]: the command-line tools' stdout, quiet when the reader goes (`| head`).
 //! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
+//! - [`renewal`]: `[renewal]`, the daemon's task that renews this host's
+//!   certificate from the online CA service and reloads.
+//! - [`ca_client`]: a host's request to the online CA service (renewal,
+//!   `certs enrol`), and the check of the certificate it sends back.
 //! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
@@ -30,6 +34,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod ca_client;
 pub mod certs;
 pub mod check;
 pub mod config;
@@ -45,6 +50,7 @@ pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod refusals;
+pub mod renewal;
 pub mod service;
 pub mod status;
 pub mod stunnel;
