@@ -18,7 +18,10 @@
 //!   the daemon's verdict.
 //! - [`check`], [`logging`]: the `check` command and log output.
 //! - [`output`]: the command-line tools' stdout, quiet when the reader goes (`| head`).
-//! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs.
+//! - [`certs`]: `dctunnel certs`, a private CA, host certificates, pins and CRLs,
+//!   enrolment tokens, and what the online CA signs.
+//! - [`ca_service`]: the online CA (`mode = "ca"`) on the wire: renewal and
+//!   enrolment requests over TLS.
 //! - [`renewal`]: `[renewal]`, the daemon's task that renews this host's
 //!   certificate from the online CA service and reloads.
 //! - [`ca_client`]: a host's request to the online CA service (renewal,
@@ -35,6 +38,7 @@
 pub mod admin;
 pub mod assets;
 pub mod ca_client;
+pub mod ca_service;
 pub mod certs;
 pub mod check;
 pub mod config;

@@ -161,6 +161,24 @@ async fn handle(tcp: TcpStream, service: &Service, guard: &ConnGuard) -> Result<
             }
             forward(tls, backend, service, guard).await
         }
+        Role::Ca {
+            tls,
+            peers,
+            authority,
+        } => {
+            let accept = TlsAcceptor::from(tls.clone()).accept(tcp);
+            let (tls, ids) = handshake(Phase::Handshake, service, guard, Box::pin(accept)).await?;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
+            let (source, peers, authority) = (guard.info.source, peers.clone(), authority.clone());
+            crate::ca_service::serve(tls, &service.name, source, peers, authority, cert, ids)
+                .await
+                .map_err(|e| ConnError::new(Phase::Forward, io::Error::other(e).into()))
+        }
         Role::Client { tls, server_name } => {
             let remote = connect(service, guard).await?;
             let connect = TlsConnector::from(tls.clone()).connect(server_name.clone(), remote);

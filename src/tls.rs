@@ -207,6 +207,44 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Builds the configuration of the online CA (`mode = "ca"`): our
+/// certificate followed by the CA certificate (a host enrolling with a
+/// token has only the CA's pin, and must see the CA to check it), and a
+/// client certificate that is optional (enrolment has none) but, when
+/// given, must chain to the CA. Revocation and names are checked per
+/// request by the CA itself, against the current CRL.
+pub fn ca_service_config(
+    files: &TlsFiles,
+    read: &mut Contents,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let (mut chain, key) = own_identity(files, read)?;
+    let Some(ca_path) = &files.ca else {
+        return Err(err("ca_dir", "the CA certificate is required"));
+    };
+    let roots = load_roots(ca_path, read)?;
+    let ca_der = load_chain(ca_path, read)?;
+    for ca in ca_der {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| err("ca_dir", format!("cannot build a verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))
+        .map_err(|e| err("tls12", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|_| mismatch(files))?;
+    // Each request is a fresh decision; no session to resume.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 /// Builds the configuration of a client-mode service: our certificate for
 /// client authentication, and a server verifier (CA and CRLs, and/or pins).
 pub fn client_config(

@@ -494,6 +494,16 @@ fn read_crl_state(path: &Path, ca: &Ca) -> Result<(Vec<RevokedCertParams>, Vec<u
     Ok((entries, next))
 }
 
+/// The serials (without leading zeros) in the CA's CRL `ca_dir/ca.crl`;
+/// none when it has no CRL yet.
+pub(super) fn revoked_serials(ca_dir: &Path, ca: &Ca) -> Result<Vec<Vec<u8>>, CertsError> {
+    let (entries, _) = read_crl_state(&ca_dir.join(CA_CRL_FILE), ca)?;
+    Ok(entries
+        .iter()
+        .map(|e| strip_zeros(e.serial_number.as_ref()).to_vec())
+        .collect())
+}
+
 fn reason_from_code(code: u8) -> Option<RevocationReason> {
     Some(match code {
         1 => RevocationReason::KeyCompromise,
@@ -592,12 +602,17 @@ pub(super) fn common_name(name: &str) -> DistinguishedName {
 }
 
 pub(super) fn set_validity(params: &mut CertificateParams, days: u32) {
+    set_lifetime(params, Duration::days(i64::from(days)));
+}
+
+/// Valid from a little before now (see [`BACKDATE`]) to `lifetime` from now.
+pub(super) fn set_lifetime(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
     // Whole seconds: certificates carry no fractions, and this keeps
     // `days_left` exact right after issuing.
     let now = now.replace_nanosecond(0).unwrap_or(now);
     params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(i64::from(days));
+    params.not_after = now + lifetime;
 }
 
 pub(super) fn check_days(days: u32) -> Result<(), CertsError> {

@@ -14,8 +14,8 @@ use x509_parser::prelude::FromDer;
 
 use super::ca::{
     absolute, cert_info, check_days, check_dns_name, create_dir, first_cert, generate_key,
-    host_params, host_paths, read_pem, refuse_existing, write_new, write_pair, Ca, HostOptions,
-    KeyType,
+    host_params, host_paths, read_pem, refuse_existing, set_lifetime, write_new, write_pair, Ca,
+    HostOptions, KeyType,
 };
 use super::{CertsError, RequestProblem, DEFAULT_HOST_DAYS};
 use crate::x509::{self, CertInfo};
@@ -240,64 +240,7 @@ pub fn sign(
         .find(|p| p.label == "CERTIFICATE REQUEST" || p.label == "NEW CERTIFICATE REQUEST")
         .map(|p| p.contents)
         .ok_or_else(|| refuse(RequestProblem::NotFound))?;
-    let (_, csr) =
-        X509CertificationRequest::from_der(&der).map_err(|_| refuse(RequestProblem::Invalid))?;
-    csr.verify_signature()
-        .map_err(|_| refuse(RequestProblem::BadSignature))?;
-
-    let mut dns = Vec::new();
-    let mut ips = Vec::new();
-    for ext in csr.requested_extensions().into_iter().flatten() {
-        match ext {
-            ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                return Err(refuse(RequestProblem::AsksForCa))
-            }
-            ParsedExtension::SubjectAlternativeName(san) => {
-                for n in &san.general_names {
-                    match n {
-                        GeneralName::DNSName(d) => dns.push(exact_dns_name(d).map_err(refuse)?),
-                        GeneralName::IPAddress(bytes) => ips.push(
-                            ip_from_bytes(bytes).ok_or_else(|| refuse(RequestProblem::Invalid))?,
-                        ),
-                        other => {
-                            return Err(refuse(RequestProblem::UnsupportedName(
-                                general_name_kind(other).to_owned(),
-                            )))
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let cn = csr
-        .certification_request_info
-        .subject
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
-    let name = match cn {
-        Some(cn) => exact_dns_name(&cn).map_err(refuse)?,
-        None if !dns.is_empty() => dns.remove(0),
-        None => return Err(refuse(RequestProblem::NoName)),
-    };
-    // rcgen re-parses and re-verifies the request; it is the one that knows
-    // which key algorithms it can write into a certificate.
-    let mut signing =
-        CertificateSigningRequestParams::from_der(&der.as_slice().into()).map_err(|e| {
-            refuse(match e {
-                rcgen::Error::InvalidCertificationRequestSignature => RequestProblem::BadSignature,
-                rcgen::Error::UnsupportedExtension => RequestProblem::UnsupportedExtension,
-                rcgen::Error::UnsupportedSignatureAlgorithm => RequestProblem::KeyAlgorithm,
-                _ => RequestProblem::Invalid,
-            })
-        })?;
-    let opts = HostOptions {
-        name,
-        dns,
-        ips,
-        days,
-        key_type: KeyType::default(),
-    };
+    let checked = CheckedRequest::from_der(&der).map_err(refuse)?;
     let out_dir = match out_dir {
         Some(d) => d.to_path_buf(),
         None => request_path
@@ -305,20 +248,137 @@ pub fn sign(
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
-    let (cert_path, _) = host_paths(&out_dir, &opts.name);
-    let mut params = host_params(&opts)?;
+    let (cert_path, _) = host_paths(&out_dir, &checked.name);
     refuse_existing(&[&cert_path])?;
-    params.use_authority_key_identifier_extension = true;
-    // The request's own usages, CA flag and subject attributes are dropped:
-    // the CA decides them; only the names checked above are kept.
-    signing.params = params;
-    let cert = signing.signed_by(&ca.issuer).map_err(CertsError::Sign)?;
+    let lifetime = time::Duration::days(i64::from(days));
+    let (pem, der) = checked.sign(&ca, lifetime)?;
     create_dir(&out_dir, false)?;
-    write_new(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_new(&cert_path, pem.as_bytes(), 0o644)?;
     Ok(Signed {
         cert_path: absolute(&cert_path),
-        info: cert_info(cert.der())?,
+        info: cert_info(&der)?,
     })
+}
+
+/// A certificate signing request that passed the checks of [`sign`]: its
+/// self-signature verifies, it does not ask for a CA, and each name is an
+/// exact DNS name or an IP address. Shared by `sign` and the online CA.
+pub struct CheckedRequest {
+    /// The common name (or the first DNS name when it has none).
+    pub name: String,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// The pin of the key the request carries.
+    pin: String,
+    signing: CertificateSigningRequestParams,
+}
+
+impl CheckedRequest {
+    /// Checks a DER PKCS#10 request.
+    pub fn from_der(der: &[u8]) -> Result<CheckedRequest, RequestProblem> {
+        let (_, csr) =
+            X509CertificationRequest::from_der(der).map_err(|_| RequestProblem::Invalid)?;
+        csr.verify_signature()
+            .map_err(|_| RequestProblem::BadSignature)?;
+
+        let pin = x509::spki_pin_of_spki(csr.certification_request_info.subject_pki.raw);
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            match ext {
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(RequestProblem::AsksForCa)
+                }
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for n in &san.general_names {
+                        match n {
+                            GeneralName::DNSName(d) => dns.push(exact_dns_name(d)?),
+                            GeneralName::IPAddress(bytes) => {
+                                ips.push(ip_from_bytes(bytes).ok_or(RequestProblem::Invalid)?)
+                            }
+                            other => {
+                                return Err(RequestProblem::UnsupportedName(
+                                    general_name_kind(other).to_owned(),
+                                ))
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let cn = csr
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .find_map(|cn| cn.as_str().ok().map(str::to_owned));
+        let name = match cn {
+            Some(cn) => exact_dns_name(&cn)?,
+            None if !dns.is_empty() => dns.remove(0),
+            None => return Err(RequestProblem::NoName),
+        };
+        // rcgen re-parses and re-verifies the request; it is the one that
+        // knows which key algorithms it can write into a certificate.
+        let signing =
+            CertificateSigningRequestParams::from_der(&der.into()).map_err(|e| match e {
+                rcgen::Error::InvalidCertificationRequestSignature => RequestProblem::BadSignature,
+                rcgen::Error::UnsupportedExtension => RequestProblem::UnsupportedExtension,
+                rcgen::Error::UnsupportedSignatureAlgorithm => RequestProblem::KeyAlgorithm,
+                _ => RequestProblem::Invalid,
+            })?;
+        Ok(CheckedRequest {
+            name,
+            dns,
+            ips,
+            pin,
+            signing,
+        })
+    }
+
+    /// The pin of the request's key (`sha256/…`).
+    pub fn key_pin(&self) -> &str {
+        &self.pin
+    }
+
+    /// Every name asked for, as certificates' names are compared: DNS names
+    /// lowercased without a final dot, IP addresses in their text form.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::iter::once(&self.name)
+            .chain(&self.dns)
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        v.extend(self.ips.iter().map(IpAddr::to_string));
+        // The host name is usually also the first DNS name.
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|n| seen.insert(n.clone()));
+        v
+    }
+
+    /// Signs with `ca` for `lifetime` (from now; `notBefore` is set back a
+    /// little for clock skew): only the checked names, with the usages the
+    /// CA decides (serverAuth + clientAuth, not a CA). Returns PEM and DER.
+    pub(super) fn sign(
+        self,
+        ca: &Ca,
+        lifetime: time::Duration,
+    ) -> Result<(String, Vec<u8>), CertsError> {
+        let opts = HostOptions {
+            name: self.name,
+            dns: self.dns,
+            ips: self.ips,
+            days: 1,
+            key_type: KeyType::default(),
+        };
+        let mut params = host_params(&opts)?;
+        set_lifetime(&mut params, lifetime);
+        params.use_authority_key_identifier_extension = true;
+        // The request's own usages, CA flag and subject attributes are
+        // dropped: the CA decides them; only the names checked are kept.
+        let mut signing = self.signing;
+        signing.params = params;
+        let cert = signing.signed_by(&ca.issuer).map_err(CertsError::Sign)?;
+        Ok((cert.pem(), cert.der().to_vec()))
+    }
 }
 
 /// The parameters of a request: the names of [`host_params`], no serial

@@ -7,6 +7,7 @@
 //! - [`csr`]: requests made on the host, signed on the admin machine;
 //! - [`token`]: one-time enrolment tokens for the online CA;
 //! - [`enrol`]: a new host's first certificate from the online CA, with a token;
+//! - [`online`]: what the online CA (`mode = "ca"`) signs, and what it refuses;
 //! - [`cli`]: the `dctunnel certs` subcommands, their arguments and output.
 //!
 //! File layout (the names are constants of this module):
@@ -33,6 +34,7 @@ pub mod ca;
 pub mod cli;
 pub mod csr;
 pub mod enrol;
+pub mod online;
 pub mod token;
 
 pub use crate::x509::{spki_pin_of_spki, CertInfo};

@@ -135,6 +135,9 @@ impl Grant {
             .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
             .collect();
         v.extend(self.ips.iter().map(IpAddr::to_string));
+        // The host name is usually also the first DNS name.
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|n| seen.insert(n.clone()));
         v
     }
 }

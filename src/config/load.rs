@@ -15,6 +15,7 @@ use super::problem::{ConfigError, Location, Problem};
 use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawRenewal, RawService};
 use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
 use super::{Config, Fingerprint, Host, Mode, Renewal, Role, Service, Target};
+use crate::certs::online::Authority;
 use crate::files;
 use crate::tls::{self, PeerPolicy, TlsFiles};
 
@@ -22,6 +23,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Same as stunnel's `TIMEOUTidle`: connection pools keep connections idle
 /// for hours, and TCP keepalive already finds dead peers.
+/// `lifetime` of the certificates the online CA issues.
+const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[daemon].watch_files`: often enough that a renewed certificate is in
@@ -42,6 +45,9 @@ pub mod bounds {
     pub const SHUTDOWN_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
     /// `[daemon].watch_files`: one hour.
     pub const WATCH_FILES: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `lifetime` of the online CA: one hour to 825 days.
+    pub const LIFETIME: (Duration, Duration) =
+        (Duration::from_secs(3600), Duration::from_secs(825 * 86400));
     /// `[daemon].worker_threads`.
     pub const WORKER_THREADS: usize = 256;
     /// `max_connections`, `max_connections_per_source`: each connection
@@ -359,6 +365,8 @@ impl Context {
             ("mode", defaults.mode.is_some()),
             ("listen", defaults.listen.is_some()),
             ("connect", defaults.connect.is_some()),
+            ("ca_dir", defaults.ca_dir.is_some()),
+            ("lifetime", defaults.lifetime.is_some()),
         ] {
             if set {
                 self.problem(
@@ -594,11 +602,40 @@ impl Context {
         let at = Location::Service(label.to_owned());
         let name = self.name(&at, label, &raw);
         let mode = raw.mode.or_else(|| {
-            self.problem(&at, Some("mode"), "is required: \"server\" or \"client\"");
+            self.problem(
+                &at,
+                Some("mode"),
+                "is required: \"server\", \"client\" or \"ca\"",
+            );
             None
         });
         let listen = self.listen(&at, &raw);
-        let connect = self.connect(&at, &raw);
+        let authority = match mode {
+            Some(Mode::Ca) => self.authority(&at, &raw),
+            _ => None,
+        };
+        // The online CA trusts its own CA certificate, whatever the
+        // defaults say: the folder it signs with holds it.
+        let raw = match (&authority, mode) {
+            (Some(a), _) => RawService {
+                ca: Some(
+                    a.dir()
+                        .join(crate::certs::CA_CERT_FILE)
+                        .display()
+                        .to_string(),
+                ),
+                ..raw
+            },
+            (None, Some(Mode::Ca)) => RawService {
+                ca: Some(String::new()),
+                ..raw
+            },
+            _ => raw,
+        };
+        let connect = match mode {
+            Some(Mode::Ca) => Vec::new(),
+            _ => self.connect(&at, &raw),
+        };
         let allow_sources = self.allow_sources(&at, &raw);
         let timeouts = self.timeouts(&at, &raw);
         self.limits(&at, &raw);
@@ -615,6 +652,11 @@ impl Context {
         // section imported from stunnel lists both at once.
         let peers = match mode {
             Some(Mode::Server) => self.allowed_peers(&at, &raw, &files),
+            // Any certificate of its CA may renew, and only its own names.
+            Some(Mode::Ca) => match &raw.allow_peers {
+                None => Some(PeerPolicy::Any),
+                Some(_) => self.allowed_peers(&at, &raw, &files),
+            },
             _ => None,
         };
         // Without its files (a key missing, a file name that did not
@@ -626,6 +668,7 @@ impl Context {
         let role = match mode? {
             Mode::Server => self.server_role(&at, peers?, &files, &mut read),
             Mode::Client => self.client_role(&at, &raw, &files, &connect, &mut read),
+            Mode::Ca => self.ca_role(&at, peers?, authority?, &files, &mut read),
         };
         if self.found > before {
             return None;
@@ -873,6 +916,53 @@ impl Context {
                 "applies to server mode only (the header tells the backend who the TLS peer is)",
             );
         }
+        if mode != Mode::Ca {
+            for (field, set) in [
+                ("ca_dir", raw.ca_dir.is_some()),
+                ("lifetime", raw.lifetime.is_some()),
+            ] {
+                if set {
+                    self.problem(at, Some(field), "applies to mode = \"ca\" only");
+                }
+            }
+        } else {
+            for (field, set, why) in [
+                (
+                    "connect",
+                    raw.connect.is_some(),
+                    "the online CA answers itself; it connects nowhere",
+                ),
+                (
+                    "ca",
+                    raw.ca.is_some(),
+                    "is ca_dir/ca.pem in mode = \"ca\"; remove it",
+                ),
+                (
+                    "crl",
+                    raw.crl.is_some(),
+                    "is ca_dir/ca.crl in mode = \"ca\", read at every request; remove it",
+                ),
+                (
+                    "peer_pins",
+                    raw.peer_pins.is_some(),
+                    "does not apply to mode = \"ca\": it renews certificates of its own CA only",
+                ),
+                (
+                    "proxy_protocol",
+                    raw.proxy_protocol.is_some(),
+                    "applies to server mode only",
+                ),
+                (
+                    "server_name",
+                    raw.server_name.is_some(),
+                    "applies to client mode only",
+                ),
+            ] {
+                if set {
+                    self.problem(at, Some(field), why);
+                }
+            }
+        }
         if mode == Mode::Server && raw.server_name.is_some() {
             self.problem(
                 at,
@@ -959,6 +1049,63 @@ impl Context {
             .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
             .ok()
             .map(|tls| Role::Server { tls, peers })
+    }
+
+    /// `mode = "ca"`: the CA folder (its key private) and the lifetime of
+    /// what it issues.
+    fn authority(&mut self, at: &Location, raw: &RawService) -> Option<Arc<Authority>> {
+        let lifetime = match &raw.lifetime {
+            None => DEFAULT_CA_LIFETIME,
+            Some(v) => match parse_duration(v) {
+                Ok(d) if d < bounds::LIFETIME.0 || d > bounds::LIFETIME.1 => {
+                    self.problem(
+                        at,
+                        Some("lifetime"),
+                        format!("{v:?} is out of range: from 1h to 825d"),
+                    );
+                    return None;
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(at, Some("lifetime"), e);
+                    return None;
+                }
+            },
+        };
+        let Some(dir) = &raw.ca_dir else {
+            self.problem(
+                at,
+                Some("ca_dir"),
+                "is required in mode = \"ca\": the folder of `dctunnel certs init-ca` (ca.pem, ca.key)",
+            );
+            return None;
+        };
+        let dir = self.path(at, "ca_dir", dir)?;
+        let lifetime = time::Duration::try_from(lifetime).ok()?;
+        Authority::open(&dir, lifetime)
+            .map_err(|e| self.problem(at, Some("ca_dir"), e))
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// `mode = "ca"`: the TLS server settings (a client certificate is
+    /// optional at the handshake: enrolment has none) and the authority.
+    fn ca_role(
+        &mut self,
+        at: &Location,
+        peers: PeerPolicy,
+        authority: Arc<Authority>,
+        files: &TlsFiles,
+        read: &mut tls::Contents,
+    ) -> Option<Role> {
+        tls::ca_service_config(files, read)
+            .map_err(|e| self.problem(at, Some(e.field), e.to_string()))
+            .ok()
+            .map(|tls| Role::Ca {
+                tls,
+                peers: Arc::new(peers),
+                authority,
+            })
     }
 
     /// Client mode: the name the server must prove (by default the host of

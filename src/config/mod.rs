@@ -114,6 +114,13 @@ pub enum Role {
         tls: Arc<rustls::ClientConfig>,
         server_name: rustls::pki_types::ServerName<'static>,
     },
+    /// The online CA: TLS (client certificate optional, for enrolment),
+    /// then renewal and enrolment requests (see `crate::ca_service`).
+    Ca {
+        tls: Arc<rustls::ServerConfig>,
+        peers: Arc<PeerPolicy>,
+        authority: Arc<crate::certs::online::Authority>,
+    },
 }
 
 impl fmt::Debug for Role {
@@ -124,6 +131,13 @@ impl fmt::Debug for Role {
                 .debug_struct("Client")
                 .field("server_name", server_name)
                 .finish(),
+            Role::Ca {
+                peers, authority, ..
+            } => f
+                .debug_struct("Ca")
+                .field("peers", peers)
+                .field("ca_dir", &authority.dir())
+                .finish(),
         }
     }
 }
@@ -133,6 +147,7 @@ impl Service {
         match self.role {
             Role::Server { .. } => Mode::Server,
             Role::Client { .. } => Mode::Client,
+            Role::Ca { .. } => Mode::Ca,
         }
     }
 
@@ -186,6 +201,8 @@ impl fmt::Debug for Fingerprint {
 pub enum Mode {
     Server,
     Client,
+    /// The online CA: renews and enrols hosts' certificates over mutual TLS.
+    Ca,
 }
 
 impl fmt::Display for Mode {
@@ -194,6 +211,7 @@ impl fmt::Display for Mode {
         f.pad(match self {
             Mode::Server => "server",
             Mode::Client => "client",
+            Mode::Ca => "ca",
         })
     }
 }

@@ -31,6 +31,10 @@ pub(super) struct RawService {
     pub tls12: Option<bool>,
     pub tls_resumption: Option<bool>,
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `mode = "ca"`: the CA folder it signs with.
+    pub ca_dir: Option<String>,
+    /// `mode = "ca"`: the lifetime of the certificates it issues.
+    pub lifetime: Option<String>,
 }
 
 impl RawService {
@@ -61,6 +65,9 @@ impl RawService {
             tls12: self.tls12.or(d.tls12),
             tls_resumption: self.tls_resumption.or(d.tls_resumption),
             proxy_protocol: self.proxy_protocol.or(d.proxy_protocol),
+            // Per service: a CA folder is never a default.
+            ca_dir: self.ca_dir,
+            lifetime: self.lifetime,
         }
     }
 }

@@ -24,7 +24,7 @@ pub struct Summary<'a> {
 /// The summary of `service`.
 pub fn describe(service: &Service) -> Summary<'_> {
     let check = match &service.role {
-        Role::Server { peers, .. } => PeerCheck::Clients(peers),
+        Role::Server { peers, .. } | Role::Ca { peers, .. } => PeerCheck::Clients(peers),
         Role::Client { server_name, .. } => PeerCheck::Server(server_name),
     };
     Summary {
@@ -46,6 +46,10 @@ pub struct Targets<'a>(pub &'a [Target]);
 
 impl fmt::Display for Targets<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            // Only the online CA connects nowhere: it answers itself.
+            return f.write_str("(signs certificates)");
+        }
         list(f, self.0)
     }
 }
