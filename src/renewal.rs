@@ -175,38 +175,63 @@ async fn run(
     view: DaemonView,
     first_retry: Duration,
 ) {
-    let mut backoff = Backoff::new(first_retry);
-    let mut announced = None;
+    let mut state = State {
+        backoff: Backoff::new(first_retry),
+        announced: None,
+        pending: None,
+    };
     loop {
-        let wait = step(&settings, &reloads, &view, &mut backoff, &mut announced).await;
-        if let Some(wait) = wait {
-            view.update_renewal(|s| {
-                if let Some(s) = s {
-                    s.next_attempt = Some(SystemTime::now() + wait);
-                }
-            });
-            tokio::time::sleep(wait).await;
-        } else {
-            view.update_renewal(|s| {
-                if let Some(s) = s {
-                    s.next_attempt = None;
-                }
-            });
-            tokio::time::sleep(RECHECK).await;
+        let next = step(&settings, &reloads, &view, &mut state).await;
+        if next.look_in.is_zero() {
+            continue;
+        }
+        view.update_renewal(|s| {
+            if let Some(s) = s {
+                s.next_attempt = next.attempt_at;
+            }
+        });
+        tokio::time::sleep(next.look_in).await;
+    }
+}
+
+/// What the task keeps from one look to the next.
+struct State {
+    backoff: Backoff,
+    /// The renewal time last logged (logged again when it changes).
+    announced: Option<OffsetDateTime>,
+    pending: Option<Pending>,
+}
+
+/// What the task does after a look at the certificate.
+struct Next {
+    /// When to look again (zero: at once, the certificate was just renewed).
+    look_in: Duration,
+    /// When the next attempt is planned; `None`: none (expired).
+    attempt_at: Option<SystemTime>,
+}
+
+impl Next {
+    /// An attempt after `wait`.
+    fn attempt_in(wait: Duration) -> Next {
+        Next {
+            look_in: wait,
+            attempt_at: Some(SystemTime::now() + wait),
         }
     }
 }
 
-/// One look at the certificate, and an attempt if it is due. Returns how
-/// long to wait before the next look (`None`: no attempt planned; look
-/// again later in case the file is replaced).
+/// One look at the certificate, and an attempt if it is due.
 async fn step(
     settings: &Arc<Renewal>,
     reloads: &mpsc::Sender<control::Request>,
     view: &DaemonView,
-    backoff: &mut Backoff,
-    announced: &mut Option<OffsetDateTime>,
-) -> Option<Duration> {
+    state: &mut State,
+) -> Next {
+    let State {
+        backoff,
+        announced,
+        pending,
+    } = state;
     let ca_service = &settings.ca_service;
     let cert = settings.cert.display();
     let info = match current(settings.cert.clone()).await {
@@ -215,7 +240,7 @@ async fn step(
             let wait = backoff.after_failure(RETRY_MOST);
             warn!(%ca_service, %cert, error = %e, retry_in = ?wait,
                 "certificate renewal: cannot read the certificate; trying again later");
-            return Some(wait);
+            return Next::attempt_in(wait);
         }
     };
     let now = OffsetDateTime::now_utc();
@@ -225,7 +250,10 @@ async fn step(
             "certificate renewal: the certificate has expired, and the CA service renews only a \
              valid one: enrol this host again (dctunnel certs token on the CA host, then \
              dctunnel certs enrol here)");
-        return None;
+        return Next {
+            look_in: RECHECK,
+            attempt_at: None,
+        };
     }
     if now < when {
         if *announced != Some(when) {
@@ -233,12 +261,15 @@ async fn step(
             info!(%ca_service, %cert, serial = %info.serial, renew_at = %x509::rfc3339(when),
                 not_after = %x509::rfc3339(info.not_after), "certificate renewal scheduled");
         }
-        return Some(to_std(when - now).min(RECHECK));
+        return Next {
+            look_in: to_std(when - now).min(RECHECK),
+            attempt_at: Some(SystemTime::from(when)),
+        };
     }
     info!(%ca_service, %cert, serial = %info.serial, not_after = %x509::rfc3339(info.not_after),
         "renewing the certificate");
     let left = to_std(info.not_after - now);
-    match renew_once(settings).await {
+    match renew_once(settings, pending).await {
         Ok(issued) => {
             view.update_renewal(|s| {
                 if let Some(s) = s {
@@ -257,9 +288,12 @@ async fn step(
                 warn!(%ca_service, %cert, serial = %new.serial, retry_in = ?wait,
                     "certificate renewal: the CA service issued a certificate already two thirds \
                      through its lifetime (is its lifetime too short, or a clock wrong?)");
-                return Some(wait);
+                return Next::attempt_in(wait);
             }
-            Some(Duration::ZERO)
+            Next {
+                look_in: Duration::ZERO,
+                attempt_at: None,
+            }
         }
         Err(e) => {
             view.update_renewal(|s| {
@@ -270,7 +304,7 @@ async fn step(
             let wait = backoff.after_failure(left);
             warn!(%ca_service, %cert, error = %e, retry_in = ?wait,
                 "certificate renewal failed; the services keep their current certificate");
-            Some(wait)
+            Next::attempt_in(wait)
         }
     }
 }
@@ -356,29 +390,58 @@ pub fn client_config(
     Ok((Arc::new(config), leaf))
 }
 
+/// A request sent for the current certificate and not yet followed by new
+/// files: kept, key included (in memory only), so that the next attempt
+/// sends the same request. The CA service renews a certificate once, and
+/// answers the same request again (an answer lost on the way, or files
+/// that could not be written); a new key would be refused.
+pub struct Pending {
+    /// The certificate it renews (its DER).
+    for_cert: Vec<u8>,
+    key: rcgen::KeyPair,
+    csr_pem: String,
+    names: Vec<String>,
+}
+
 /// One renewal: a new key and a request with the names of the current
-/// certificate, sent to the CA service with the current certificate as
+/// certificate (or the request of `pending`, if it was made for this
+/// certificate), sent to the CA service with the current certificate as
 /// identity; the new key and certificate written in place of the old.
-pub async fn renew_once(settings: &Renewal) -> Result<Issued, RenewError> {
+pub async fn renew_once(
+    settings: &Renewal,
+    pending: &mut Option<Pending>,
+) -> Result<Issued, RenewError> {
     let s = settings.clone();
-    let (tls, opts) = tokio::task::spawn_blocking(move || {
+    let (tls, leaf, opts) = tokio::task::spawn_blocking(move || {
         let (tls, leaf) = client_config(&s.cert, &s.key, &s.ca).map_err(RenewError::Files)?;
         let opts = certs::csr::same_names(&leaf, &s.cert).map_err(RenewError::Request)?;
-        Ok::<_, RenewError>((tls, opts))
+        Ok::<_, RenewError>((tls, leaf, opts))
     })
     .await
     .map_err(|e| RenewError::Task(e.to_string()))??;
-    let (key, csr_pem, names) = certs::csr::make_request(&opts).map_err(RenewError::Request)?;
+    if pending.as_ref().is_none_or(|p| p.for_cert != leaf.as_ref()) {
+        let (key, csr_pem, names) = certs::csr::make_request(&opts).map_err(RenewError::Request)?;
+        *pending = Some(Pending {
+            for_cert: leaf.to_vec(),
+            key,
+            csr_pem,
+            names,
+        });
+    }
+    let Some(request) = pending.as_ref() else {
+        return Err(RenewError::Task("no request".to_owned()));
+    };
     let post = Post {
         ca_service: &settings.ca_service,
         server_name: &settings.server_name,
         tls,
         path: "/v1/renew",
         bearer: None,
-        csr_pem,
+        csr_pem: request.csr_pem.clone(),
     };
-    let issued = ca_client::request(post, &key.subject_public_key_info(), &names).await?;
-    let key_pem = key.serialize_pem();
+    let issued =
+        ca_client::request(post, &request.key.subject_public_key_info(), &request.names).await?;
+    let key_pem = request.key.serialize_pem();
     let (cert_path, key_path) = (settings.cert.clone(), settings.key.clone());
     let cert_pem = issued.cert_pem.clone();
     tokio::task::spawn_blocking(move || {
@@ -391,6 +454,7 @@ pub async fn renew_once(settings: &Renewal) -> Result<Issued, RenewError> {
     })
     .await
     .map_err(|e| RenewError::Task(e.to_string()))??;
+    *pending = None;
     Ok(issued)
 }
 
