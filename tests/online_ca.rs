@@ -640,3 +640,127 @@ ca = "{ca}"
     assert!(check.status.success(), "{check:?}");
     assert!(stdout.contains("renewal: "), "{stdout}");
 }
+
+/// The host's configuration file, as `start_host` wrote it.
+fn host_config(h: &HostDaemon) -> PathBuf {
+    h._dir.path().join("host.toml")
+}
+
+/// A reload that changes `[renewal]` restarts the renewal with the new
+/// settings: pointed at nothing first, then at the CA service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_renewal_restarts_it() {
+    let mut ca = Ca::new();
+    let ca_addr = ca.start("127.0.0.1:0", "127.0.0.0/8");
+    let host = due_now(&ca, "host.test");
+    let backend = echo_backend().await;
+    let nobody = common::dead_address().await;
+    let mut h = start_host(&ca, &host, backend, &nobody.to_string());
+    let failed = h.proc.wait_for("certificate renewal failed");
+    assert_eq!(failed["ca_service"], nobody.to_string());
+
+    let path = host_config(&h);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&nobody.to_string(), &ca_addr.to_string()),
+    )
+    .unwrap();
+    h.proc.signal("HUP");
+    h.proc.wait_for("certificate renewal off");
+    let on = h.proc.wait_for("certificate renewal on");
+    assert_eq!(on["ca_service"], ca_addr.to_string());
+    let renewed = h.proc.wait_for("certificate renewed");
+    assert_eq!(renewed["serial"].as_str().unwrap(), file_serial(&host.cert));
+}
+
+/// Renewed files that the reload refuses (here the configuration file was
+/// broken meanwhile) are reported loudly, and the services keep the
+/// certificate they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_the_reload_refuses_is_logged_as_an_error() {
+    let mut ca = Ca::new();
+    let ca_addr = ca.start("127.0.0.1:0", "127.0.0.0/8");
+    ca.stop();
+    let host = due_now(&ca, "host.test");
+    let old_serial = file_serial(&host.cert);
+    let backend = echo_backend().await;
+    let mut h = start_host(&ca, &host, backend, &ca_addr.to_string());
+    h.proc.wait_for("certificate renewal failed");
+    let path = host_config(&h);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("shutdown_timeout", "shutdown_timeuot")).unwrap();
+
+    ca.start(&ca_addr.to_string(), "127.0.0.0/8");
+    h.proc.wait_for("certificate renewed");
+    let refused = h.proc.wait_for("but the reload refused");
+    assert_eq!(refused["ca_service"], ca_addr.to_string());
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("shutdown_timeuot"),
+        "{refused}"
+    );
+    let line = h
+        .proc
+        .seen
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("but the reload refused"))
+        })
+        .unwrap();
+    assert_eq!(line["level"], "ERROR");
+    let client = tls_client(&ca.ca_pem(), Some(&ca.client()));
+    let (serial, _) = connect(h.tls, client).await;
+    assert_eq!(serial, old_serial);
+    assert_ne!(file_serial(&host.cert), old_serial);
+}
+
+/// An answer whose files could not be written is asked for again with the
+/// same request: the CA service renews a certificate once, and a new key
+/// would be refused. In-process, on the library's renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_could_not_be_written_is_asked_again_with_the_same_key() {
+    let mut ca = Ca::new();
+    let ca_addr = ca.start("127.0.0.1:0", "127.0.0.0/8");
+    let host = due_now(&ca, "host.test");
+    let old_serial = file_serial(&host.cert);
+    let settings = dctunnel::config::Renewal {
+        ca_service: dctunnel::config::Target {
+            host: dctunnel::config::Host::Ip(ca_addr.ip()),
+            port: ca_addr.port(),
+        },
+        server_name: rustls::pki_types::ServerName::try_from("ca.test").unwrap(),
+        cert: host.cert.clone(),
+        key: host.key.clone(),
+        ca: ca.ca_pem(),
+    };
+    // A folder where the key's temporary file would go: the write fails.
+    let blocker = host.key.with_file_name(".host.test.key.renewing");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut pending = None;
+    let e = dctunnel::renewal::renew_once(&settings, &mut pending)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot write"), "{e}");
+    assert!(pending.is_some());
+    assert_eq!(file_serial(&host.cert), old_serial);
+
+    // A new request now would be refused ("already renewed")...
+    let mut fresh = None;
+    std::fs::remove_dir(&blocker).unwrap();
+    let refused = dctunnel::renewal::renew_once(&settings, &mut fresh)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("already renewed"), "{refused}");
+    // ...the kept one is answered again, and written.
+    let issued = dctunnel::renewal::renew_once(&settings, &mut pending)
+        .await
+        .unwrap();
+    assert!(pending.is_none());
+    assert_eq!(file_serial(&host.cert), issued.info.serial);
+    assert_ne!(issued.info.serial, old_serial);
+}
