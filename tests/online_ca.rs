@@ -346,6 +346,23 @@ async fn a_host_renews_without_a_restart_while_a_connection_stays_open() {
     .unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
     assert!(next > now + 3600.0, "{next} vs {now}");
+    // The renewal metrics the alert rules use are exported (the admin
+    // tests check the others, on a daemon without [renewal]).
+    let alerts = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/alerts.yml"),
+    )
+    .unwrap();
+    let used: Vec<&str> = alerts
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("dctunnel_certificate_renewal"))
+        .collect();
+    assert!(used.len() >= 2, "{used:?}");
+    for name in used {
+        assert!(
+            sample(&scrape, name).is_some(),
+            "alerts.yml uses {name}: {scrape}"
+        );
+    }
     no_signal(&h.proc);
 }
 
