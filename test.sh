@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of dctunnel, after installing what the tests use from
 # Debian (redis-server, redis-cli, systemd-analyze, promtool, stunnel4,
-# haproxy; for the booted-systemd suite mmdebstrap, systemd-container,
-# lintian, dpkg-dev) and cargo-deb from crates.io.
+# haproxy, nftables for the network-namespace suite; for the
+# booted-systemd suite mmdebstrap, systemd-container, lintian, dpkg-dev)
+# and cargo-deb from crates.io.
 # Usage: ./test.sh            (as root: the last part boots a Debian 12
 #                              container; as another user it is skipped
 #                              with a message, except under CI=true)
@@ -16,6 +17,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v stunnel4 >/dev/null || need+=(stunnel4)
 command -v haproxy >/dev/null || need+=(haproxy)
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     sudo=()
@@ -40,13 +42,15 @@ done
 echo "config/*.toml: all pass dctunnel check"
 cargo test
 
-# The Debian package, then the booted-systemd suite installing it.
+# Three hosts in network namespaces (needs root), then the Debian package
+# and the booted-systemd suite installing it.
 if [ "$(id -u)" = 0 ]; then
+    tests/netns/run.sh
     deb=$(scripts/build-deb.sh | tail -n 1)
     tests/systemd/run.sh "$deb"
 elif [ "${CI:-}" = true ]; then
-    echo "the booted-systemd suite needs root" >&2
+    echo "the network-namespace and booted-systemd suites need root" >&2
     exit 1
 else
-    echo "SKIPPED: package build and booted-systemd suite (run ./test.sh as root)"
+    echo "SKIPPED: network-namespace suite, package build and booted-systemd suite (run ./test.sh as root)"
 fi

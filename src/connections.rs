@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::config::Service;
 use crate::proxy::Meter;
 use crate::refusals::Refusals;
+use crate::targets::Targets;
 
 /// Why a connection was turned away before any byte was forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +95,8 @@ pub struct ServiceState {
     pub duration_seconds: Histogram,
     /// When the certificates peers showed expire.
     pub peer_expiry: PeerExpiry,
+    /// Which connect addresses failed lately and are skipped.
+    pub targets: Arc<Targets>,
 }
 
 impl Default for ServiceState {
@@ -127,6 +130,7 @@ impl Default for ServiceState {
             connect_seconds: Histogram::new(fast),
             duration_seconds: Histogram::new(long),
             peer_expiry: PeerExpiry::default(),
+            targets: Arc::default(),
         }
     }
 }

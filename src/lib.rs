@@ -7,6 +7,10 @@
 //! - [`service`]: the accept loop and the life of one connection.
 //! - [`connections`]: the live record of open connections, limits and counters.
 //! - [`refusals`]: summarises repeated refusals in the log.
+//! - [`targets`]: connect addresses that failed lately, skipped and probed
+//!   until they answer again.
+//! - [`dead_peer`]: the TCP settings that find a vanished peer within
+//!   `dead_peer_timeout` (user timeout, keepalive).
 //! - [`proxy`]: the byte copy between the two legs, with counters and idle timeout.
 //! - [`proxy_protocol`]: the PROXY header a server-mode service may send its backend.
 //! - [`daemon`]: starting, reloading and stopping a set of services.
@@ -45,6 +49,7 @@ pub mod config;
 pub mod connections;
 pub mod control;
 pub mod daemon;
+pub mod dead_peer;
 pub mod files;
 pub mod listeners;
 pub mod logging;
@@ -59,6 +64,7 @@ pub mod service;
 pub mod status;
 pub mod stunnel;
 pub mod systemd;
+pub mod targets;
 pub mod tls;
 pub mod watch;
 pub mod x509;

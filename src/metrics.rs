@@ -422,6 +422,50 @@ impl Collector for ViewCollector {
                     })
                 }),
         )?;
+        let targets: Vec<(&str, Vec<(String, crate::targets::TargetStatus)>)> = services
+            .iter()
+            .map(|(name, s)| {
+                let mut known: Vec<_> = s
+                    .state
+                    .targets
+                    .snapshot()
+                    .into_iter()
+                    .map(|t| (t.address.to_string(), t))
+                    .collect();
+                known.sort_by(|a, b| a.0.cmp(&b.0));
+                (name.as_str(), known)
+            })
+            .collect();
+        family(
+            e,
+            "dctunnel_target_up",
+            "Whether a connect address (an IP target, or one address of a name) is in use: 0 while \
+             it is marked down after a failed connect and skipped, until a probe or a connection \
+             gets through. Only addresses tried in the last 5 minutes.",
+            MetricType::Gauge,
+            targets.iter().flat_map(|(name, known)| {
+                known.iter().map(move |(address, t)| {
+                    (
+                        vec![("service", *name), ("target", address.as_str())],
+                        ConstGauge::new(i64::from(t.up)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "dctunnel_target_skips",
+            "New connections that passed over a connect address marked down and went to another.",
+            MetricType::Counter,
+            targets.iter().flat_map(|(name, known)| {
+                known.iter().map(move |(address, t)| {
+                    (
+                        vec![("service", *name), ("target", address.as_str())],
+                        ConstCounter::new(t.skips),
+                    )
+                })
+            }),
+        )?;
         family(
             e,
             "dctunnel_tls_handshake_duration_seconds",

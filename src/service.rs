@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{Host, Role, Service, Target};
+use crate::config::{Host, Role, Service};
 use crate::connections::ConnGuard;
+use crate::dead_peer;
 use crate::proxy::{self, End};
 use crate::proxy_protocol;
 use crate::tls;
@@ -275,7 +276,7 @@ async fn note_ip_sni(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
 /// mode), timing it and noting the address.
 async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, ConnError> {
     let started = tokio::time::Instant::now();
-    let stream = connect_any(&service.connect, service.connect_timeout).await?;
+    let stream = connect_any(service, guard).await?;
     guard
         .state
         .connect_seconds
@@ -284,16 +285,22 @@ async fn connect(service: &Service, guard: &ConnGuard) -> Result<TcpStream, Conn
         // Set once per connection, so it cannot be set already.
         let _ = guard.info.remote.set(addr);
     }
-    set_socket_options(&stream, service, guard);
+    // Client mode: the remote, across the link. Server mode: the backend,
+    // whose host can vanish as a link does (see `set_leg_options`).
+    set_leg_options(&stream, service, guard, true);
     Ok(stream)
 }
 
 /// Connects to the first target that answers. A DNS name is resolved now
 /// (not at start), and each of its addresses is tried in turn, each within
-/// `each_timeout`.
-async fn connect_any(targets: &[Target], each_timeout: Duration) -> Result<TcpStream, ConnError> {
+/// `connect_timeout`. An address that failed lately is passed over while
+/// another answers, and tried last otherwise ([`crate::targets`]).
+async fn connect_any(service: &Service, guard: &ConnGuard) -> Result<TcpStream, ConnError> {
+    let each_timeout = service.connect_timeout;
+    let health = &guard.state.targets;
     let mut failures = Vec::new();
-    for target in targets {
+    let mut passed_over = Vec::new();
+    for target in &service.connect {
         let addrs: Vec<SocketAddr> = match &target.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
             Host::Name(name) => {
@@ -311,13 +318,28 @@ async fn connect_any(targets: &[Target], each_timeout: Duration) -> Result<TcpSt
             }
         };
         for addr in addrs {
-            match deadline(Phase::Connect, each_timeout, || TcpStream::connect(addr)).await {
-                Ok(s) => return Ok(s),
-                Err(e) => failures.push(match e.cause {
-                    Cause::TimedOut(limit) => format!("{addr}: no answer within {limit:?}"),
-                    cause => format!("{addr}: {cause}"),
-                }),
+            if health.is_down(addr) {
+                passed_over.push(addr);
+                continue;
             }
+            if let Some(s) = try_address(addr, service, guard, &mut failures).await {
+                if !passed_over.is_empty() {
+                    health.skipped(&passed_over);
+                    debug!(target = %addr, skipped = ?passed_over,
+                        "connected past connect targets marked down");
+                }
+                return Ok(s);
+            }
+        }
+    }
+    // Nothing else answered: the addresses marked down are still worth a
+    // try; with all of them down, this tries every one, as before.
+    if !passed_over.is_empty() {
+        debug!(targets = ?passed_over, "no other connect target answered; trying those marked down");
+    }
+    for addr in passed_over {
+        if let Some(s) = try_address(addr, service, guard, &mut failures).await {
+            return Ok(s);
         }
     }
     Err(ConnError::new(Phase::Connect, Cause::Unreachable(failures)))
@@ -348,6 +370,11 @@ where
     match end {
         End::Finished => Ok(()),
         End::Idle(idle) => Err(ConnError::new(Phase::Forward, Cause::TimedOut(idle))),
+        // ETIMEDOUT: the user timeout or keepalive gave up on a peer.
+        End::Error(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnError::new(
+            Phase::Forward,
+            Cause::DeadPeer(service.dead_peer_timeout),
+        )),
         End::Error(e) => Err(ConnError::new(Phase::Forward, e.into())),
     }
 }
@@ -432,6 +459,17 @@ fn log_end(service: &Service, guard: &ConnGuard, end: Result<(), ConnError>) {
             }
         }
         Cause::Io(err) => info!(up, down, ?duration, error = %err, "connection closed on error"),
+        // A link or host gone: something to look at, not an ordinary end.
+        Cause::DeadPeer(_) => conn_warn!(
+            service,
+            guard.info,
+            up,
+            down,
+            ?duration,
+            remote = guard.info.remote.get().map(tracing::field::display),
+            reason = "dead_peer",
+            "connection closed: {e}"
+        ),
         // Idle, or closed at the shutdown deadline.
         _ => info!(up, down, ?duration, "connection closed: {e}"),
     }
@@ -476,6 +514,10 @@ enum Cause {
     Unreachable(Vec<String>),
     #[error("shutdown deadline reached")]
     ShutdownDeadline,
+    /// A peer stopped acknowledging (`ETIMEDOUT` while forwarding): the
+    /// `dead_peer_timeout` in force, `None` if it is off.
+    #[error("peer unreachable")]
+    DeadPeer(Option<Duration>),
 }
 
 /// Why a connection ended early: the phase and the cause. Its Display is
@@ -555,6 +597,14 @@ impl fmt::Display for ConnError {
             }
             (Phase::ProxyHeader, _) => write!(f, "cannot send the PROXY header: {cause}"),
             (Phase::Forward, Cause::TimedOut(idle)) => write!(f, "idle for {idle:?}"),
+            (_, Cause::DeadPeer(Some(limit))) => write!(
+                f,
+                "peer unreachable: no acknowledgement within {limit:?} (dead_peer_timeout)"
+            ),
+            (_, Cause::DeadPeer(None)) => f.write_str(
+                "peer unreachable: no acknowledgement before the kernel gave up \
+                 (dead_peer_timeout is off)",
+            ),
             (Phase::Forward, _) => write!(f, "forwarding failed: {cause}"),
             (Phase::Connect | Phase::Shutdown, _) => write!(f, "{cause}"),
         }
@@ -630,10 +680,22 @@ fn is_ordinary(e: &io::Error) -> bool {
     )
 }
 
-/// Interactive protocols (Redis, MongoDB) want every small write sent at
-/// once; keepalive finds peers that vanished from idle pools. The
-/// connection works without them, so a failure is logged, not fatal.
+/// Options of the socket a connection was accepted on. In server mode it
+/// comes from across the link (the TLS leg): dead-peer detection applies;
+/// in client mode it is a local application's (see [`set_leg_options`]).
 fn set_socket_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
+    let across = matches!(service.role, Role::Server { .. });
+    set_leg_options(tcp, service, guard, across);
+}
+
+/// Interactive protocols (Redis, MongoDB) want every small write sent at
+/// once; keepalive finds peers that vanished from idle pools. A leg
+/// `across` the link (the TLS leg either way, and a server-mode service's
+/// backend, whose host may vanish just the same) gets dead-peer detection
+/// ([`crate::dead_peer`]): closed within `dead_peer_timeout` once its peer
+/// stops acknowledging. The connection works without these options, so a
+/// failure is logged, not fatal.
+fn set_leg_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard, across: bool) {
     let failed = |option: &str, e: io::Error| {
         conn_warn!(service, guard.info,
             address = tcp.peer_addr().ok().map(tracing::field::display), error = %e,
@@ -642,11 +704,45 @@ fn set_socket_options(tcp: &TcpStream, service: &Service, guard: &ConnGuard) {
     if let Err(e) = tcp.set_nodelay(true) {
         failed("TCP_NODELAY", e);
     }
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
-        failed("TCP keepalive", e);
+    let settings = if across {
+        dead_peer::Settings::for_timeout(service.dead_peer_timeout)
+    } else {
+        dead_peer::Settings::local()
+    };
+    if let Err((option, e)) = settings.apply(socket2::SockRef::from(tcp)) {
+        failed(option, e);
+    }
+}
+
+/// One connect attempt within `connect_timeout`, noted in the service's
+/// record of its targets; a failure is added to `failures`, and logged
+/// when it marks the address down.
+async fn try_address(
+    addr: SocketAddr,
+    service: &Service,
+    guard: &ConnGuard,
+    failures: &mut Vec<String>,
+) -> Option<TcpStream> {
+    let limit = service.connect_timeout;
+    let health = &guard.state.targets;
+    match deadline(Phase::Connect, limit, || TcpStream::connect(addr)).await {
+        Ok(s) => {
+            health.succeeded(&service.name, addr);
+            Some(s)
+        }
+        Err(e) => {
+            let failure = match e.cause {
+                Cause::TimedOut(limit) => format!("no answer within {limit:?}"),
+                cause => cause.to_string(),
+            };
+            if let Some(unlogged) = health.failed(&service.name, addr, limit) {
+                conn_warn!(service, guard.info, target = %addr, error = %failure,
+                    down_before_not_logged = unlogged,
+                    "connect target marked down: new connections try the other targets first \
+                     while a background probe retries it");
+            }
+            failures.push(format!("{addr}: {failure}"));
+            None
+        }
     }
 }

@@ -116,6 +116,7 @@ const KEYS: &[&str] = &[
     "idle_timeout",
     "connect_timeout",
     "handshake_timeout",
+    "dead_peer_timeout",
     "max_connections",
     "max_connections_per_source",
     "connect",

@@ -196,11 +196,38 @@ pub fn make(ca_dir: &Path, grant: &Grant, ttl: Duration) -> Result<Made, CertsEr
     create_dir(&dir, true)?;
     let path = dir.join(format!("{}.toml", token.id()));
     write_new(&path, text.as_bytes(), 0o600)?;
+    same_owner_as(ca_dir, &[&dir, &path])?;
     Ok(Made {
         token,
         record: path,
         expires,
     })
+}
+
+/// Run as root (as an admin does), gives `paths` to the owner of the CA
+/// folder: the online CA runs as that user, and must be able to rename
+/// the record when the token is used.
+fn same_owner_as(ca_dir: &Path, paths: &[&Path]) -> Result<(), CertsError> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = fs::metadata(ca_dir).map_err(|source| CertsError::Read {
+        path: ca_dir.to_path_buf(),
+        source,
+    })?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    for path in paths {
+        let uid = rustix::fs::Uid::from_raw(owner.uid());
+        let gid = rustix::fs::Gid::from_raw(owner.gid());
+        rustix::fs::chown(*path, Some(uid), Some(gid)).map_err(|e| CertsError::Write {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Why the CA service refuses a token. The messages go back to the host
@@ -362,6 +389,25 @@ mod tests {
             redeem(ca.path(), &unknown, &asked, now),
             Err(Refused::Unknown)
         );
+    }
+
+    #[test]
+    fn a_token_made_by_root_belongs_to_the_ca_folders_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root (CI runs the tests as root)");
+            return;
+        }
+        let ca = tempfile::tempdir().unwrap();
+        init_ca(ca.path(), &CaOptions::default()).unwrap();
+        let nobody = rustix::fs::Uid::from_raw(65534);
+        let nogroup = rustix::fs::Gid::from_raw(65534);
+        rustix::fs::chown(ca.path(), Some(nobody), Some(nogroup)).unwrap();
+        let made = make(ca.path(), &grant(), Duration::minutes(15)).unwrap();
+        for p in [made.record.as_path(), ca.path().join(TOKENS_DIR).as_path()] {
+            let m = fs::metadata(p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", p.display());
+        }
     }
 
     #[test]

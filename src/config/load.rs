@@ -26,6 +26,11 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `lifetime` of the certificates the online CA issues.
 const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+/// A blackholed link between datacenters is noticed within this, on idle
+/// and busy connections alike; far above a WAN's round trips and
+/// retransmission backoff for a lossy moment, far below the 15 minutes of
+/// the kernel's own retransmission limit.
+const DEFAULT_DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[daemon].watch_files`: often enough that a renewed certificate is in
 /// use within seconds, rarely enough that the stat calls cost nothing.
@@ -39,6 +44,9 @@ pub mod bounds {
 
     /// `connect_timeout`, `handshake_timeout`: one hour.
     pub const TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
+    /// `dead_peer_timeout`: at least one second (keepalive counts in whole
+    /// seconds), at most one hour.
+    pub const DEAD_PEER_TIMEOUT: (Duration, &str) = (Duration::from_secs(3600), "1h");
     /// `idle_timeout`: 30 days.
     pub const IDLE_TIMEOUT: (Duration, &str) = (Duration::from_secs(30 * 86400), "30d");
     /// `[daemon].shutdown_timeout`: one hour.
@@ -131,6 +139,8 @@ struct Timeouts {
     handshake: Duration,
     /// `None`: no idle timeout (`idle_timeout = "0s"`).
     idle: Option<Duration>,
+    /// `None`: dead-peer detection off (`dead_peer_timeout = "0s"`).
+    dead_peer: Option<Duration>,
 }
 
 const DAEMON: Location = Location::Table("daemon");
@@ -684,6 +694,7 @@ impl Context {
             connect_timeout: timeouts.connect,
             handshake_timeout: timeouts.handshake,
             idle_timeout: timeouts.idle,
+            dead_peer_timeout: timeouts.dead_peer,
             proxy_protocol: raw.proxy_protocol,
             role,
             fingerprint: Fingerprint::of(raw, read),
@@ -796,6 +807,24 @@ impl Context {
             DEFAULT_IDLE_TIMEOUT,
             bounds::IDLE_TIMEOUT,
         );
+        let dead_peer = self.duration(
+            at,
+            "dead_peer_timeout",
+            &raw.dead_peer_timeout,
+            DEFAULT_DEAD_PEER_TIMEOUT,
+            bounds::DEAD_PEER_TIMEOUT,
+        );
+        if !dead_peer.is_zero() && dead_peer < Duration::from_secs(1) {
+            self.problem(
+                at,
+                Some("dead_peer_timeout"),
+                format!(
+                    "{:?} is shorter than 1s, the least it may be (TCP keepalive counts \
+                     whole seconds); \"0s\" turns detection off",
+                    raw.dead_peer_timeout.as_deref().unwrap_or_default()
+                ),
+            );
+        }
         for (field, value) in [
             ("connect_timeout", connect),
             ("handshake_timeout", handshake),
@@ -808,6 +837,7 @@ impl Context {
             connect,
             handshake,
             idle: (!idle.is_zero()).then_some(idle),
+            dead_peer: (!dead_peer.is_zero()).then_some(dead_peer),
         }
     }
 
@@ -1217,6 +1247,13 @@ fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
         (
             "idle_timeout",
             both(own.idle_timeout.is_some(), defaults.idle_timeout.is_some()),
+        ),
+        (
+            "dead_peer_timeout",
+            both(
+                own.dead_peer_timeout.is_some(),
+                defaults.dead_peer_timeout.is_some(),
+            ),
         ),
     ]
     .into_iter()

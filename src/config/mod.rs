@@ -90,6 +90,11 @@ pub struct Service {
     pub handshake_timeout: Duration,
     /// `None` disables the idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// How long a peer across the link may leave sent data or keepalive
+    /// probes unacknowledged before its connection is closed
+    /// (`TCP_USER_TIMEOUT` and keepalive, see `service`); `None`: off, the
+    /// kernel's retransmission limits and a slow keepalive apply.
+    pub dead_peer_timeout: Option<Duration>,
     /// Server mode: send a PROXY protocol header to the backend first.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     pub role: Role,
@@ -265,6 +270,39 @@ mod tests {
             assert!(
                 !found.iter().any(|p| p.contains("watch_files")),
                 "{found:?}"
+            );
+        }
+    }
+
+    /// `dead_peer_timeout`: from 1s to 1h, or "0s" (off); a bad value is
+    /// named with its service and field.
+    #[test]
+    fn dead_peer_timeout_is_bounded() {
+        let problems = |value: &str| -> Vec<String> {
+            let text = format!("[defaults]\ndead_peer_timeout = \"{value}\"\n");
+            match parse(std::path::Path::new("/etc/dctunnel/t.toml"), &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+            }
+        };
+        for (bad, says) in [
+            ("500ms", "shorter than 1s"),
+            ("2h", "longer than 1h"),
+            ("soon", "not a duration"),
+        ] {
+            let found = problems(bad);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains("[defaults].dead_peer_timeout") && p.contains(says)),
+                "{bad}: {found:?}"
+            );
+        }
+        for ok in ["0s", "1s", "3s", "30s", "1h"] {
+            let found = problems(ok);
+            assert!(
+                !found.iter().any(|p| p.contains("dead_peer_timeout")),
+                "{ok}: {found:?}"
             );
         }
     }

@@ -10,6 +10,10 @@ with Redis behind it.
                               the file STOP exists; prints a JSON summary.
                               With CA, CERT, KEY and NAME: mutual TLS to a
                               server-mode port, as a remote dctunnel would.
+  client.py post PORT PATH CA BODY [CERT KEY | --token TOKEN]
+                              one HTTP POST over TLS to the online CA (server
+                              name ca.test), the body read from the file BODY;
+                              prints the status, then the answer's body.
 """
 import json
 import os
@@ -72,10 +76,38 @@ def loop(port, stop, tls=None):
                       "longest_ms": round(longest * 1000, 1), "errors": errors}))
 
 
+def post(port, path, ca, body, rest):
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(ca)
+    headers = ""
+    if rest and rest[0] == "--token":
+        headers = f"Authorization: Bearer {rest[1]}\r\n"
+    elif rest:
+        context.load_cert_chain(rest[0], rest[1])
+    with open(body, "rb") as f:
+        data = f.read()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with context.wrap_socket(raw, server_hostname="ca.test") as s:
+        s.sendall((f"POST {path} HTTP/1.1\r\nHost: ca.test\r\n{headers}"
+                   f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, rest_body = answer.partition(b"\r\n\r\n")
+    print(head.split(b" ")[1].decode())
+    print(rest_body.decode())
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "hold":
         hold(int(sys.argv[2]))
     elif sys.argv[1] == "loop":
         loop(int(sys.argv[2]), sys.argv[3], sys.argv[4:8] or None)
+    elif sys.argv[1] == "post":
+        post(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
     else:
         sys.exit(f"unknown mode {sys.argv[1]!r}")

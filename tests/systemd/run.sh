@@ -256,6 +256,36 @@ wait "$HOLD_PID" 2>/dev/null || true
 wait "$stop_pid"
 check "stop: exited 0, unit inactive (not failed)" sh -c "[ \"\$(nsenter -t $pid -a systemctl show -P ExecMainStatus dctunnel@off)\" = 0 ] && [ \"\$(nsenter -t $pid -a systemctl is-active dctunnel@off)\" = inactive ]"
 
+# --- The online CA under the unit's sandbox (docs/online-ca.md) -----------
+# Set up as the doc says: the CA folder in the instance's StateDirectory,
+# owned by the dctunnel user; the token made by root, as an admin would.
+ca_home=/var/lib/dctunnel/ca
+as_dctunnel() { inside runuser -u dctunnel -- "$@"; }
+inside install -d -o dctunnel -g dctunnel -m 0700 "$ca_home"
+as_dctunnel dctunnel certs init-ca --dir "$ca_home/ca" --name "online test CA" >/dev/null
+as_dctunnel dctunnel certs issue --ca "$ca_home/ca" --name ca.test --ip 127.0.0.1 --out "$ca_home" >/dev/null
+as_dctunnel dctunnel certs issue --ca "$ca_home/ca" --name h1.test --out "$ca_home/hosts" >/dev/null
+inside sh -c "printf '[[service]]\nname = \"ca\"\nmode = \"ca\"\nlisten = \"127.0.0.1:7443\"\ncert = \"$ca_home/ca.test.pem\"\nkey = \"$ca_home/ca.test.key\"\nca_dir = \"$ca_home/ca\"\nlifetime = \"7d\"\n' >/etc/dctunnel/ca.toml"
+# This instance has no key in /etc/dctunnel/private: an empty
+# LoadCredential= clears the unit's list.
+inside mkdir -p /run/systemd/system/dctunnel@ca.service.d
+inside sh -c 'printf "[Service]\nLoadCredential=\n" >/run/systemd/system/dctunnel@ca.service.d/nokey.conf'
+inside systemctl daemon-reload
+check "online CA: systemctl start dctunnel@ca" inside systemctl start dctunnel@ca
+croot=/proc/$pid/root
+inside dctunnel certs renew --cert "$ca_home/hosts/h1.test.pem" --out /root/renew >/dev/null
+renewal=$(net python3 "$here/client.py" post 7443 /v1/renew "$croot$ca_home/ca/ca.pem" "$croot/root/renew/h1.test.csr" \
+    "$croot$ca_home/hosts/h1.test.pem" "$croot$ca_home/hosts/h1.test.key" 2>&1 || true)
+check "online CA: a renewal is signed under ProtectSystem=strict (200)" test "$(printf '%s\n' "$renewal" | head -n 1)" = 200
+check "online CA: issued.log and renewed/ written in the StateDirectory" inside sh -c "grep -q 'renewal of certificate' $ca_home/ca/issued.log && ls $ca_home/ca/renewed | grep -q ."
+token=$(inside dctunnel certs token --ca "$ca_home/ca" --name new.test --ttl 5m 2>/dev/null)
+inside dctunnel certs request --name new.test --out /root/enrol >/dev/null
+enrol() { net python3 "$here/client.py" post 7443 /v1/enrol "$croot$ca_home/ca/ca.pem" "$croot/root/enrol/new.test.csr" --token "$token" 2>&1 | head -n 1; }
+check "online CA: a token made by root enrols a host (200)" test "$(enrol)" = 200
+check "online CA: the same token again is refused (403)" test "$(enrol)" = 403
+check "online CA: the journal names each issuance" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@ca | grep -q 'online CA: certificate issued (enrolment)'"
+inside systemctl stop dctunnel@ca
+
 # --- Removing and purging the package leaves nothing running ---------------
 check "start again before removal" inside systemctl start dctunnel@off
 check "dpkg -r: exit 0" inside dpkg -r dctunnel
