@@ -221,3 +221,68 @@ fn check_mentions_renewal_and_refuses_a_credential_key() {
         "{err}"
     );
 }
+
+/// A folder the daemon's user cannot write to is refused at load, naming
+/// the folder: renewal could never put the new files there. Checked as an
+/// unprivileged user (`nobody`, through setpriv, when the tests run as
+/// root: root may write anywhere).
+#[test]
+fn a_folder_the_daemon_cannot_write_is_refused() {
+    let root = rustix::process::geteuid().is_root();
+    let pki = Pki::new("CA");
+    let host = pki.issue("off2.test");
+    let dir = tempfile::tempdir().unwrap();
+    let readonly = dir.path().join("readonly");
+    std::fs::create_dir(&readonly).unwrap();
+    let files = HostCert {
+        cert: readonly.join("host.pem"),
+        key: readonly.join("host.key"),
+    };
+    std::fs::copy(&host.cert, &files.cert).unwrap();
+    std::fs::copy(&host.key, &files.key).unwrap();
+    std::fs::copy(&pki.ca_pem, dir.path().join("ca.pem")).unwrap();
+    let pki_ca = dir.path().join("ca.pem");
+    let config = dir.path().join("host.toml");
+    let text = text(&pki, &files, &renewal(&pki, &files)).replace(
+        &pki.ca_pem.display().to_string(),
+        &pki_ca.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    for p in [dir.path(), readonly.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    if !root {
+        std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let mut cmd = if root {
+        // The key readable by nobody only, as it would be by the daemon.
+        let nobody = rustix::process::Uid::from_raw(65534);
+        rustix::fs::chown(&files.key, Some(nobody), None).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_dctunnel"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_dctunnel"))
+    };
+    let out = cmd
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for key in ["[renewal].cert", "[renewal].key"] {
+        assert!(
+            err.lines().any(|l| l.contains(key)
+                && l.contains("cannot write to")
+                && l.contains(&readonly.display().to_string())),
+            "{key}: {err}"
+        );
+    }
+    // The services themselves load: only renewal is refused.
+    assert_eq!(err.matches("service \"").count(), 0, "{err}");
+    if !root {
+        std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
