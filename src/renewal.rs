@@ -5,10 +5,13 @@
 //!
 //! The request is made here, with a new key of the same type; the current
 //! certificate and key authenticate it (POST /v1/renew, see
-//! [`crate::ca_client`]). A failure changes nothing on disk: the services
+//! [`crate::ca_client`]). A failure changes nothing the services use: they
 //! keep their certificate, and the task tries again after a wait that
 //! doubles from one minute to one hour (never more than half the time left
-//! before the certificate expires).
+//! before the certificate expires), with the same new key, which waits
+//! beside the key (`.NAME.pending`, 0600) until it is certified and put in
+//! place: the CA service renews a certificate once, and answers a lost
+//! answer again only for the same key.
 //!
 //! The reload goes through the same channel as `dctunnel reload`: one way
 //! for material to change.
@@ -20,14 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rcgen::PublicKeyData;
+use rcgen::{KeyPair, PublicKeyData};
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::ca_client::{self, CaError, Issued, Post};
-use crate::certs::{self, CertsError};
+use crate::certs::{self, CertsError, KeyType};
 use crate::config::Renewal;
 use crate::control;
 use crate::daemon::DaemonView;
@@ -178,7 +181,6 @@ async fn run(
     let mut state = State {
         backoff: Backoff::new(first_retry),
         announced: None,
-        pending: None,
     };
     loop {
         let next = step(&settings, &reloads, &view, &mut state).await;
@@ -199,7 +201,6 @@ struct State {
     backoff: Backoff,
     /// The renewal time last logged (logged again when it changes).
     announced: Option<OffsetDateTime>,
-    pending: Option<Pending>,
 }
 
 /// What the task does after a look at the certificate.
@@ -227,11 +228,7 @@ async fn step(
     view: &DaemonView,
     state: &mut State,
 ) -> Next {
-    let State {
-        backoff,
-        announced,
-        pending,
-    } = state;
+    let State { backoff, announced } = state;
     let ca_service = &settings.ca_service;
     let cert = settings.cert.display();
     let info = match current(settings.cert.clone()).await {
@@ -269,7 +266,7 @@ async fn step(
     info!(%ca_service, %cert, serial = %info.serial, not_after = %x509::rfc3339(info.not_after),
         "renewing the certificate");
     let left = to_std(info.not_after - now);
-    match renew_once(settings, pending).await {
+    match renew_once(settings).await {
         Ok(issued) => {
             view.update_renewal(|s| {
                 if let Some(s) = s {
@@ -390,109 +387,102 @@ pub fn client_config(
     Ok((Arc::new(config), leaf))
 }
 
-/// A request sent for the current certificate and not yet followed by new
-/// files: kept, key included (in memory only), so that the next attempt
-/// sends the same request. The CA service renews a certificate once, and
-/// answers the same request again (an answer lost on the way, or files
-/// that could not be written); a new key would be refused.
-pub struct Pending {
-    /// The certificate it renews (its DER).
-    for_cert: Vec<u8>,
-    key: rcgen::KeyPair,
-    csr_pem: String,
-    names: Vec<String>,
-}
-
-/// One renewal: a new key and a request with the names of the current
-/// certificate (or the request of `pending`, if it was made for this
-/// certificate), sent to the CA service with the current certificate as
-/// identity; the new key and certificate written in place of the old.
-pub async fn renew_once(
-    settings: &Renewal,
-    pending: &mut Option<Pending>,
-) -> Result<Issued, RenewError> {
+/// One renewal: a request with the names of the current certificate, for
+/// a new key of the same type (see [`pending_key`]), sent to the CA service
+/// with the current certificate as identity; then the new key and
+/// certificate put in place of the old ([`install`]).
+pub async fn renew_once(settings: &Renewal) -> Result<Issued, RenewError> {
     let s = settings.clone();
-    let (tls, leaf, opts) = tokio::task::spawn_blocking(move || {
+    let (tls, opts, key, reused) = tokio::task::spawn_blocking(move || {
         let (tls, leaf) = client_config(&s.cert, &s.key, &s.ca).map_err(RenewError::Files)?;
         let opts = certs::csr::same_names(&leaf, &s.cert).map_err(RenewError::Request)?;
-        Ok::<_, RenewError>((tls, leaf, opts))
+        let (key, reused) = pending_key(&s.key, opts.key_type)?;
+        Ok::<_, RenewError>((tls, opts, key, reused))
     })
     .await
     .map_err(|e| RenewError::Task(e.to_string()))??;
-    if pending.as_ref().is_none_or(|p| p.for_cert != leaf.as_ref()) {
-        let (key, csr_pem, names) = certs::csr::make_request(&opts).map_err(RenewError::Request)?;
-        *pending = Some(Pending {
-            for_cert: leaf.to_vec(),
-            key,
-            csr_pem,
-            names,
-        });
+    if reused {
+        info!(ca_service = %settings.ca_service, key = %pending_path(&settings.key).display(),
+            "certificate renewal: asking again for the new key of an earlier attempt that did not finish");
     }
-    let Some(request) = pending.as_ref() else {
-        return Err(RenewError::Task("no request".to_owned()));
-    };
+    let (csr_pem, names) = certs::csr::request_for_key(&opts, &key).map_err(RenewError::Request)?;
     let post = Post {
         ca_service: &settings.ca_service,
         server_name: &settings.server_name,
         tls,
         path: "/v1/renew",
         bearer: None,
-        csr_pem: request.csr_pem.clone(),
+        csr_pem,
     };
-    let issued =
-        ca_client::request(post, &request.key.subject_public_key_info(), &request.names).await?;
-    let key_pem = request.key.serialize_pem();
+    let issued = ca_client::request(post, &key.subject_public_key_info(), &names).await?;
     let (cert_path, key_path) = (settings.cert.clone(), settings.key.clone());
     let cert_pem = issued.cert_pem.clone();
-    tokio::task::spawn_blocking(move || {
-        write_files(
-            &cert_path,
-            &key_path,
-            cert_pem.as_bytes(),
-            key_pem.as_bytes(),
-        )
-    })
-    .await
-    .map_err(|e| RenewError::Task(e.to_string()))??;
-    *pending = None;
+    tokio::task::spawn_blocking(move || install(&cert_path, &key_path, cert_pem.as_bytes()))
+        .await
+        .map_err(|e| RenewError::Task(e.to_string()))??;
     Ok(issued)
 }
 
-/// Replaces the key, then the certificate, each atomically: written in
-/// full to a new file of the same folder, then renamed over the old. The
-/// key's file is created 0600 (the mode applies from creation, before any
-/// byte is written), the certificate's 0644. If the key cannot be put in
-/// place, nothing changed; if the certificate then cannot, the new key is
-/// in place beside the old certificate (the reload refuses the pair, the
-/// services keep the old ones, and the next attempt replaces both).
-pub fn write_files(
-    cert: &Path,
-    key: &Path,
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<(), RenewError> {
-    let key_tmp = write_temp(key, key_pem, 0o600)?;
-    let cert_tmp = match write_temp(cert, cert_pem, 0o644) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = std::fs::remove_file(&key_tmp);
-            return Err(e);
+/// Where the new key of a renewal not finished yet waits, beside the key:
+/// `.NAME.pending`, mode 0600.
+pub fn pending_path(key: &Path) -> PathBuf {
+    beside(key, ".pending")
+}
+
+/// `.NAME` and `suffix`, in the folder of `path`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// The new key of this renewal: the one an earlier attempt left in
+/// [`pending_path`] if it is there, private and readable (that attempt's
+/// request may have been signed and its answer lost: the CA service renews
+/// a certificate once, and answers again only for the key it certified),
+/// or else a new key of `key_type`, written there (0600 from creation)
+/// before anything is sent. Returns the key and whether it was reused.
+pub fn pending_key(key: &Path, key_type: KeyType) -> Result<(KeyPair, bool), RenewError> {
+    let path = pending_path(key);
+    if let Ok((bytes, mode)) = files::read_with_mode(&path, files::PEM_LIMIT) {
+        let kept = String::from_utf8(bytes)
+            .ok()
+            .and_then(|text| KeyPair::from_pem(&text).ok());
+        if let (Some(k), 0) = (kept, mode & 0o077) {
+            return Ok((k, true));
         }
-    };
-    let moved = |tmp: &Path, path: &Path| {
-        std::fs::rename(tmp, path).map_err(|source| {
-            let _ = std::fs::remove_file(tmp);
-            RenewError::Write {
-                path: path.to_owned(),
-                source,
-            }
+    }
+    let k = certs::csr::new_key(key_type).map_err(RenewError::Request)?;
+    write_new(&path, k.serialize_pem().as_bytes(), 0o600)?;
+    Ok((k, false))
+}
+
+/// Puts the renewed certificate in place with the key waiting in
+/// [`pending_path`]: the certificate is written in full to a new file of
+/// its folder (0644), then the key is renamed over the old key, then the
+/// certificate over the old certificate. Each file is replaced atomically
+/// (a reader sees the old or the new, never a part). If the key cannot be
+/// renamed, nothing changed; if the certificate then cannot, the new key
+/// is in place beside the old certificate (a reload refuses the pair, the
+/// services keep what they loaded).
+pub fn install(cert: &Path, key: &Path, cert_pem: &[u8]) -> Result<(), RenewError> {
+    let cert_tmp = beside(cert, ".renewing");
+    write_new(&cert_tmp, cert_pem, 0o644)?;
+    let moved = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| RenewError::Write {
+            path: to.to_owned(),
+            source,
         })
     };
-    if let Err(e) = moved(&key_tmp, key) {
+    if let Err(e) = moved(&pending_path(key), key) {
         let _ = std::fs::remove_file(&cert_tmp);
         return Err(e);
     }
-    moved(&cert_tmp, cert)?;
+    if let Err(e) = moved(&cert_tmp, cert) {
+        let _ = std::fs::remove_file(&cert_tmp);
+        return Err(e);
+    }
     // The renames themselves reach the disk with their folders.
     for dir in [key.parent(), cert.parent()].into_iter().flatten() {
         if let Ok(d) = std::fs::File::open(dir) {
@@ -502,34 +492,27 @@ pub fn write_files(
     Ok(())
 }
 
-/// Writes `contents` to a new file beside `path`, created with `mode`,
-/// flushed to disk; returns its name. A file of that name left by an
-/// earlier attempt that stopped half-way is replaced.
-fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, RenewError> {
+/// Writes `contents` to the new file `path`, created with `mode` (which
+/// applies from creation, before any byte is written), flushed to disk. A
+/// file there, left by an attempt that stopped half-way, is replaced.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), RenewError> {
     let write_error = |source| RenewError::Write {
         path: path.to_owned(),
         source,
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| write_error(io::Error::other("names no file")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".renewing");
-    let tmp = path.with_file_name(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(path);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&tmp)
+        .open(path)
         .map_err(write_error)?;
     if let Err(e) = file.write_all(contents).and_then(|()| file.sync_all()) {
         drop(file);
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(path);
         return Err(write_error(e));
     }
-    Ok(tmp)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -584,12 +567,17 @@ mod tests {
         std::fs::write(&cert, "old cert").unwrap();
         std::fs::write(&key, "old key").unwrap();
         let old_key_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&key).unwrap());
-        // A temporary file left by an attempt that stopped half-way.
-        std::fs::write(dir.path().join(".host.key.renewing"), "stale").unwrap();
+        // A certificate's temporary file left by an attempt that stopped.
+        std::fs::write(dir.path().join(".host.pem.renewing"), "stale").unwrap();
+        let (new_key, reused) = pending_key(&key, KeyType::EcdsaP256).unwrap();
+        assert!(!reused);
 
-        write_files(&cert, &key, b"new cert", b"new key").unwrap();
+        install(&cert, &key, b"new cert").unwrap();
         assert_eq!(std::fs::read(&cert).unwrap(), b"new cert");
-        assert_eq!(std::fs::read(&key).unwrap(), b"new key");
+        assert_eq!(
+            std::fs::read_to_string(&key).unwrap(),
+            new_key.serialize_pem()
+        );
         let meta = std::fs::metadata(&key).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         // Replaced by a rename (a new file), not rewritten in place.
@@ -598,38 +586,58 @@ mod tests {
             std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        let left: Vec<_> = std::fs::read_dir(dir.path())
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        let mut left = left;
         left.sort();
         assert_eq!(left, ["host.key", "host.pem"]);
     }
 
-    /// The key's temporary file is created 0600 (no chmod follows).
+    /// The new key waits beside the key, 0600 from its creation (no chmod
+    /// follows), and is taken again by the next attempt; one that others
+    /// can read, or that is not a key, is replaced by a new one.
     #[test]
-    fn the_key_file_is_created_private() {
+    fn the_pending_key_is_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("host.key");
-        let tmp = write_temp(&key, b"secret", 0o600).unwrap();
+        let (first, reused) = pending_key(&key, KeyType::Ed25519).unwrap();
+        assert!(!reused);
+        let pending = dir.path().join(".host.key.pending");
+        assert_eq!(pending_path(&key), pending);
+        let mode = std::fs::metadata(&pending).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, reused) = pending_key(&key, KeyType::Ed25519).unwrap();
+        assert!(reused);
         assert_eq!(
-            std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o777,
-            0o600
+            again.subject_public_key_info(),
+            first.subject_public_key_info()
         );
+
+        std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (other, reused) = pending_key(&key, KeyType::Ed25519).unwrap();
+        assert!(!reused);
+        assert_ne!(
+            other.subject_public_key_info(),
+            first.subject_public_key_info()
+        );
+        std::fs::write(&pending, "not a key").unwrap();
+        assert!(!pending_key(&key, KeyType::EcdsaP256).unwrap().1);
     }
 
     /// When the certificate cannot be written, the key is not replaced
-    /// either, and no temporary file is left.
+    /// either; the new key stays pending for the next attempt.
     #[test]
     fn a_failed_write_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("host.key");
         std::fs::write(&key, "old key").unwrap();
+        pending_key(&key, KeyType::EcdsaP256).unwrap();
         let cert = dir.path().join("missing-folder").join("host.pem");
-        let e = write_files(&cert, &key, b"new cert", b"new key").unwrap_err();
-        assert!(e.to_string().contains("host.pem"), "{e}");
+        let e = install(&cert, &key, b"new cert").unwrap_err();
+        assert!(e.to_string().contains(".host.pem.renewing"), "{e}");
         assert_eq!(std::fs::read(&key).unwrap(), b"old key");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(pending_path(&key).exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

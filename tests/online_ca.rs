@@ -327,6 +327,7 @@ async fn a_host_renews_without_a_restart_while_a_connection_stays_open() {
     assert_ne!(std::fs::read(&host.key).unwrap(), old_key);
     let mode = std::fs::metadata(&host.key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    assert!(!dctunnel::renewal::pending_path(&host.key).exists());
 
     let scrape = metrics(h.admin).await;
     assert_eq!(
@@ -737,14 +738,16 @@ async fn a_renewal_the_reload_refuses_is_logged_as_an_error() {
 }
 
 /// An answer whose files could not be written is asked for again with the
-/// same request: the CA service renews a certificate once, and a new key
-/// would be refused. In-process, on the library's renewal.
+/// same key, even by a daemon started afresh: the CA service renews a
+/// certificate once, and a new key would be refused. In-process, on the
+/// library's renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_that_could_not_be_written_is_asked_again_with_the_same_key() {
     let mut ca = Ca::new();
     let ca_addr = ca.start("127.0.0.1:0", "127.0.0.0/8");
     let host = due_now(&ca, "host.test");
     let old_serial = file_serial(&host.cert);
+    let old_key = std::fs::read(&host.key).unwrap();
     let settings = dctunnel::config::Renewal {
         ca_service: dctunnel::config::Target {
             host: dctunnel::config::Host::Ip(ca_addr.ip()),
@@ -755,29 +758,28 @@ async fn a_renewal_that_could_not_be_written_is_asked_again_with_the_same_key() 
         key: host.key.clone(),
         ca: ca.ca_pem(),
     };
-    // A folder where the key's temporary file would go: the write fails.
-    let blocker = host.key.with_file_name(".host.test.key.renewing");
+    // A folder where the certificate's temporary file would go: the
+    // answer comes, and cannot be written.
+    let blocker = host.cert.with_file_name(".host.test.pem.renewing");
     std::fs::create_dir(&blocker).unwrap();
-    let mut pending = None;
-    let e = dctunnel::renewal::renew_once(&settings, &mut pending)
-        .await
-        .unwrap_err();
+    let e = dctunnel::renewal::renew_once(&settings).await.unwrap_err();
     assert!(e.to_string().contains("cannot write"), "{e}");
-    assert!(pending.is_some());
     assert_eq!(file_serial(&host.cert), old_serial);
-
-    // A new request now would be refused ("already renewed")...
-    let mut fresh = None;
+    assert_eq!(std::fs::read(&host.key).unwrap(), old_key);
     std::fs::remove_dir(&blocker).unwrap();
-    let refused = dctunnel::renewal::renew_once(&settings, &mut fresh)
-        .await
-        .unwrap_err();
+    let pending = dctunnel::renewal::pending_path(&host.key);
+    let waiting = std::fs::read(&pending).unwrap();
+
+    // Without the waiting key, a new one: refused ("already renewed").
+    let aside = pending.with_file_name("aside");
+    std::fs::rename(&pending, &aside).unwrap();
+    let refused = dctunnel::renewal::renew_once(&settings).await.unwrap_err();
     assert!(refused.to_string().contains("already renewed"), "{refused}");
-    // ...the kept one is answered again, and written.
-    let issued = dctunnel::renewal::renew_once(&settings, &mut pending)
-        .await
-        .unwrap();
-    assert!(pending.is_none());
-    assert_eq!(file_serial(&host.cert), issued.info.serial);
+    // With it (as after a restart: nothing kept in memory), answered again.
+    std::fs::rename(&aside, &pending).unwrap();
+    let issued = dctunnel::renewal::renew_once(&settings).await.unwrap();
     assert_ne!(issued.info.serial, old_serial);
+    assert_eq!(file_serial(&host.cert), issued.info.serial);
+    assert_eq!(std::fs::read(&host.key).unwrap(), waiting);
+    assert!(!pending.exists());
 }

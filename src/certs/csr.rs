@@ -205,11 +205,26 @@ pub fn same_names(der: &[u8], path: &Path) -> Result<RequestOptions, CertsError>
 /// and `certs enrol`, which send the request to the CA service themselves.
 /// Returns the key, the request (PEM) and the names asked for.
 pub fn make_request(opts: &RequestOptions) -> Result<(KeyPair, String, Vec<String>), CertsError> {
+    let key = new_key(opts.key_type)?;
+    let (csr_pem, names) = request_for_key(opts, &key)?;
+    Ok((key, csr_pem, names))
+}
+
+/// A new private key of `key_type`.
+pub fn new_key(key_type: KeyType) -> Result<KeyPair, CertsError> {
+    generate_key(key_type)
+}
+
+/// A request for `opts` signed by an existing `key` (its type wins over
+/// `opts.key_type`): the request (PEM) and the names asked for.
+pub fn request_for_key(
+    opts: &RequestOptions,
+    key: &KeyPair,
+) -> Result<(String, Vec<String>), CertsError> {
     let params = request_params(opts)?;
-    let key = generate_key(opts.key_type)?;
-    let csr = params.serialize_request(&key).map_err(CertsError::Sign)?;
+    let csr = params.serialize_request(key).map_err(CertsError::Sign)?;
     let csr_pem = csr.pem().map_err(CertsError::Sign)?;
-    Ok((key, csr_pem, san_texts(&params.subject_alt_names)))
+    Ok((csr_pem, san_texts(&params.subject_alt_names)))
 }
 
 /// Checks a certificate signing request and signs it with the CA in
