@@ -30,25 +30,26 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// The most characters of a refusal's reason quoted in a message.
 const MAX_REASON: usize = 200;
 
-/// Why a request to the CA service got no certificate.
+/// Why a request to the CA service got no certificate. Each message is
+/// whole (what went wrong included), so none has a `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("cannot resolve {target}: {source}")]
+    #[error("cannot resolve {target}: {error}")]
     Resolve {
         target: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TLS handshake failed (the CA service refused our certificate,
     /// or we refused its).
-    #[error("TLS with {addr}: {source}")]
+    #[error("TLS with {addr}: {error}")]
     Tls {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The HTTP exchange failed: with TLS 1.3, a client certificate the CA
     /// service refuses shows here, as an alert on the first read.
@@ -120,9 +121,9 @@ async fn exchange(post: &Post<'_>) -> Result<Bytes, CaError> {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, post.ca_service.port)],
         Host::Name(name) => tokio::net::lookup_host((name.as_str(), post.ca_service.port))
             .await
-            .map_err(|source| CaError::Resolve {
+            .map_err(|error| CaError::Resolve {
                 target: post.ca_service.to_string(),
-                source,
+                error,
             })?
             .collect(),
     };
@@ -134,11 +135,11 @@ async fn exchange(post: &Post<'_>) -> Result<Bytes, CaError> {
                 connected = Some((addr, tcp));
                 break;
             }
-            Ok(Err(source)) => last = Some(CaError::Connect { addr, source }),
+            Ok(Err(error)) => last = Some(CaError::Connect { addr, error }),
             Err(_) => {
                 last = Some(CaError::Connect {
                     addr,
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
                     ),
@@ -149,13 +150,13 @@ async fn exchange(post: &Post<'_>) -> Result<Bytes, CaError> {
     let Some((addr, tcp)) = connected else {
         return Err(last.unwrap_or_else(|| CaError::Resolve {
             target: post.ca_service.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         }));
     };
     let tls = tokio_rustls::TlsConnector::from(post.tls.clone())
         .connect(post.server_name.clone(), tcp)
         .await
-        .map_err(|source| CaError::Tls { addr, source })?;
+        .map_err(|error| CaError::Tls { addr, error })?;
     let http = |e: hyper::Error| CaError::Http {
         addr,
         reason: chain(&e),

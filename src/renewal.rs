@@ -70,11 +70,11 @@ pub enum RenewError {
     /// No request can be made for the current certificate.
     #[error("{0}")]
     Request(CertsError),
-    #[error(transparent)]
-    Ca(#[from] CaError),
+    #[error("{0}")]
+    Ca(CaError),
     /// The new files could not be written (the old ones are in place).
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: io::Error },
     #[error("internal error: {0}")]
     Task(String),
 }
@@ -414,7 +414,9 @@ pub async fn renew_once(settings: &Renewal) -> Result<Issued, RenewError> {
         bearer: None,
         csr_pem,
     };
-    let issued = ca_client::request(post, &key.subject_public_key_info(), &names).await?;
+    let issued = ca_client::request(post, &key.subject_public_key_info(), &names)
+        .await
+        .map_err(RenewError::Ca)?;
     let (cert_path, key_path) = (settings.cert.clone(), settings.key.clone());
     let cert_pem = issued.cert_pem.clone();
     tokio::task::spawn_blocking(move || install(&cert_path, &key_path, cert_pem.as_bytes()))
@@ -470,9 +472,9 @@ pub fn install(cert: &Path, key: &Path, cert_pem: &[u8]) -> Result<(), RenewErro
     let cert_tmp = beside(cert, ".renewing");
     write_new(&cert_tmp, cert_pem, 0o644)?;
     let moved = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|source| RenewError::Write {
+        std::fs::rename(from, to).map_err(|error| RenewError::Write {
             path: to.to_owned(),
-            source,
+            error,
         })
     };
     if let Err(e) = moved(&pending_path(key), key) {
@@ -496,9 +498,9 @@ pub fn install(cert: &Path, key: &Path, cert_pem: &[u8]) -> Result<(), RenewErro
 /// applies from creation, before any byte is written), flushed to disk. A
 /// file there, left by an attempt that stopped half-way, is replaced.
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), RenewError> {
-    let write_error = |source| RenewError::Write {
+    let write_error = |error| RenewError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let _ = std::fs::remove_file(path);
     let mut file = OpenOptions::new()

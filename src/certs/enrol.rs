@@ -52,17 +52,23 @@ pub struct Enrolled {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolError {
     #[error("--token: {0}")]
-    Token(#[from] super::token::BadToken),
+    Token(super::token::BadToken),
     #[error("--ca-service: {0}")]
     Address(String),
     #[error("--server-name: {0:?} is not a valid DNS name or IP address")]
     ServerName(String),
-    #[error("enrolment with the CA service {ca_service} failed: {source}")]
-    Ca { ca_service: String, source: CaError },
+    #[error("enrolment with the CA service {ca_service} failed: {error}")]
+    Ca { ca_service: String, error: CaError },
     #[error("the CA service's answer does not hold the CA certificate the token pins ({0})")]
     NoPinnedCa(String),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<super::token::BadToken> for EnrolError {
+    fn from(e: super::token::BadToken) -> Self {
+        EnrolError::Token(e)
+    }
 }
 
 /// Enrols: checks that no file would be overwritten, makes the key and
@@ -110,9 +116,9 @@ pub fn enrol(opts: &EnrolOptions) -> Result<Enrolled, CertsError> {
             &key.subject_public_key_info(),
             &names,
         ))
-        .map_err(|source| EnrolError::Ca {
+        .map_err(|error| EnrolError::Ca {
             ca_service: ca_service.to_string(),
-            source,
+            error,
         })?;
     let ca = issued
         .chain
