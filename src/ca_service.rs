@@ -5,8 +5,9 @@
 //! the CA certificate (PEM), or a status and a one-line reason.
 //!
 //! What is signed, and what is refused, is decided in
-//! [`crate::certs::online`]; this file speaks HTTP and logs each decision
-//! with the service, the source and the peer.
+//! [`crate::certs::online`]; this file speaks HTTP, logs each decision
+//! with the service, the source and the peer, and counts it in the
+//! authority's [`Answers`](crate::certs::online::Answers).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{info, warn};
 
-use crate::certs::online::{Authority, Issued, Refusal, MAX_REQUEST};
+use crate::certs::online::{Asked, Authority, Issued, Refusal, MAX_REQUEST};
 use crate::tls::PeerPolicy;
 
 /// The media type of the answer: the new certificate, then the CA's.
@@ -81,9 +82,9 @@ where
 type Reply = Response<Full<Bytes>>;
 
 async fn answer(req: Request<Incoming>, asker: &Asker) -> Reply {
-    let renew = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/renew") => true,
-        (&Method::POST, "/v1/enrol") => false,
+    let asked = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/renew") => Asked::Renewal,
+        (&Method::POST, "/v1/enrol") => Asked::Enrolment,
         (_, "/v1/renew" | "/v1/enrol") => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => {
             return text(
@@ -92,13 +93,26 @@ async fn answer(req: Request<Incoming>, asker: &Asker) -> Reply {
             )
         }
     };
+    // Counted for the metrics: every answer to a renewal or an enrolment
+    // (not a wrong path or method, which asked for neither).
+    let reply = decide(req, asker, asked).await;
+    asker
+        .authority
+        .answers()
+        .count(asked, reply.status().as_u16());
+    reply
+}
+
+/// The answer to a renewal or an enrolment, logged.
+async fn decide(req: Request<Incoming>, asker: &Asker, asked: Asked) -> Reply {
+    let renew = asked == Asked::Renewal;
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned());
-    let what = if renew { "renewal" } else { "enrolment" };
+    let what = asked.as_str();
     let decision = match (renew, &asker.cert, token) {
         (true, None, _) => Err(Refusal::Unauthorized(
             "renewal needs the host's current certificate (mutual TLS)".into(),

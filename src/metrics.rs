@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use crate::certs::online::Asked;
 use crate::config::Service;
 use crate::connections::PeerCertificate;
 use crate::daemon::DaemonView;
@@ -464,6 +465,56 @@ impl Collector for ViewCollector {
                         ConstCounter::new(t.skips),
                     )
                 })
+            }),
+        )?;
+        // The online CA (`mode = "ca"` services).
+        let authorities: Vec<(&str, &crate::certs::online::Authority)> = services
+            .iter()
+            .filter_map(|(name, s)| match &s.settings.role {
+                crate::config::Role::Ca { authority, .. } => Some((name.as_str(), &**authority)),
+                _ => None,
+            })
+            .collect();
+        family(
+            e,
+            "dctunnel_ca_certificates_issued",
+            "Certificates the online CA issued, by how=renewal|enrolment, since the service \
+             started or a reload last changed it.",
+            MetricType::Counter,
+            authorities.iter().flat_map(|(name, a)| {
+                Asked::ALL.into_iter().map(move |how| {
+                    (
+                        vec![("service", *name), ("how", how.as_str())],
+                        ConstCounter::new(a.answers().issued(how)),
+                    )
+                })
+            }),
+        )?;
+        let refused: Vec<(&str, Asked, String, u64)> = authorities
+            .iter()
+            .flat_map(|(name, a)| {
+                a.answers()
+                    .refused()
+                    .into_iter()
+                    .map(move |(how, status, n)| (*name, how, status.to_string(), n))
+            })
+            .collect();
+        family(
+            e,
+            "dctunnel_ca_requests_refused",
+            "Renewal and enrolment requests the online CA refused, by how and HTTP status \
+             (403 on a renewal: revoked, names not held, not in allow_peers, or already renewed \
+             for another key).",
+            MetricType::Counter,
+            refused.iter().map(|(name, how, status, n)| {
+                (
+                    vec![
+                        ("service", *name),
+                        ("how", how.as_str()),
+                        ("status", status.as_str()),
+                    ],
+                    ConstCounter::new(*n),
+                )
             }),
         )?;
         family(

@@ -488,6 +488,103 @@ async fn bad_requests_get_a_status_and_a_reason() {
     assert_eq!(status, 200, "{body}");
 }
 
+impl OnlineCa {
+    /// The admin endpoint's address, from its log line (the CA must have
+    /// been started with an `[admin]` table listening on port 0).
+    fn admin(&mut self) -> SocketAddr {
+        let line = "admin endpoint listening";
+        let seen = self
+            .proc
+            .seen
+            .iter()
+            .find(|v| v["fields"]["message"] == line)
+            .map(|v| v["fields"].clone());
+        let fields = seen.unwrap_or_else(|| self.proc.wait_for(line));
+        fields["listen"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// The online CA's series in `/metrics` (name and labels, to value).
+async fn ca_series(admin: SocketAddr) -> std::collections::BTreeMap<String, String> {
+    let answer = common::http_get(admin, "/metrics").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+        .lines()
+        .filter(|l| l.starts_with("dctunnel_ca_"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The expected series: `issued` by how, `refused` by (how, status); every
+/// other usual refusal at zero.
+fn expected_series(
+    issued: &[(&str, u64)],
+    refused: &[(&str, u16, u64)],
+) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for how in ["renewal", "enrolment"] {
+        let n = issued.iter().find(|i| i.0 == how).map_or(0, |i| i.1);
+        m.insert(
+            format!("dctunnel_ca_certificates_issued_total{{service=\"online-ca\",how=\"{how}\"}}"),
+            n.to_string(),
+        );
+        for status in [400, 401, 403, 413, 503] {
+            let n = refused
+                .iter()
+                .find(|r| r.0 == how && r.1 == status)
+                .map_or(0, |r| r.2);
+            m.insert(
+                format!(
+                    "dctunnel_ca_requests_refused_total{{service=\"online-ca\",how=\"{how}\",status=\"{status}\"}}"
+                ),
+                n.to_string(),
+            );
+        }
+    }
+    m
+}
+
+/// The metrics count what the CA answered: a renewal issued, a second
+/// renewal of the same certificate refused (403, the stolen-key signal the
+/// alert watches), an enrolment without a token refused (401). Every
+/// series is there at zero before any request, so that Prometheus sees the
+/// first one as an increase.
+#[tokio::test]
+async fn issuances_and_refusals_are_counted_in_the_metrics() {
+    let mut ca = OnlineCa::start("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let admin = ca.admin();
+    assert_eq!(ca_series(admin).await, expected_series(&[], &[]));
+
+    let host = ca.host("db1.test");
+    let csr = ca.renewal_request(&host.cert);
+    let (status, body) = ca.post("/v1/renew", Some(&host), None, &csr).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let other = ca.renewal_request(&host.cert);
+    let (status, body) = ca
+        .post("/v1/renew", Some(&host), None, &other)
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("already renewed"), "{body}");
+    let (status, body) = ca
+        .post("/v1/enrol", None, None, &ca.request("new.test", None))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    // A wrong path asks for neither: not counted.
+    let (status, _) = ca.post("/admin", Some(&host), None, &csr).await.unwrap();
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        ca_series(admin).await,
+        expected_series(
+            &[("renewal", 1)],
+            &[("renewal", 403, 1), ("enrolment", 401, 1)]
+        )
+    );
+}
+
 #[tokio::test]
 async fn allow_peers_limits_who_may_renew() {
     let ca = OnlineCa::start(r#"allow_peers = ["*.web.test"]"#);

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The client-mode service `plain` of tunnel `t` reloaded with `connect`
@@ -62,33 +59,53 @@ async fn a_failed_target_is_skipped_then_probed_back() {
 }
 
 /// Never all skipped: a lone target marked down is still tried by the next
-/// connection (a real one, which starts a TLS handshake, not a probe,
-/// which connects and closes).
+/// connection. The target stays dead throughout, so no probe can mark it up
+/// in between: the second connection finds it down (it logs that it tries
+/// the targets marked down) and its failure names the address, which it
+/// would not had it skipped it.
 #[tokio::test]
 async fn a_lone_target_marked_down_is_still_tried() {
-    let mut t = tunnel(echo_backend().await, TunnelOpts::default()).await;
+    let pki = Pki::new("targets");
+    let (server, client) = (pki.issue(SERVER), pki.issue(CLIENT));
     let dead = dead_address().await;
-    reconnect(&mut t, &format!("[\"{dead}\"]")).await;
-    let mut first = TcpStream::connect(t.entrance).await.unwrap();
+    let backend = dead_address().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ProcTunnel {
+        mut proc, entrance, ..
+    } = start_tunnel_proc(&dir.path().join("dctunnel.toml"), "", |_| {
+        tunnel_config(
+            &pki,
+            &server,
+            &client,
+            backend,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &dead.to_string(),
+        )
+    });
+    let tried = format!("cannot connect to {dead}: ");
+
+    let mut first = TcpStream::connect(entrance).await.unwrap();
     let (_, _) = read_to_end(&mut first).await;
-    assert_eq!(series(&t, "dctunnel_target_up", dead).as_deref(), Some("0"));
-    let listener = TcpListener::bind(dead).await.unwrap();
-    let mut second = TcpStream::connect(t.entrance).await.unwrap();
-    second.write_all(b"hi").await.unwrap();
-    let handshake = async {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut byte = [0u8; 1];
-            // A probe closes at once (0 bytes); a connection sends its
-            // ClientHello, a TLS handshake record (0x16).
-            if let Ok(Ok(1)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await
-            {
-                return byte[0];
-            }
-        }
-    };
-    let first_byte = tokio::time::timeout(Duration::from_secs(20), handshake)
-        .await
-        .expect("no connection reached the lone target marked down");
-    assert_eq!(first_byte, 0x16);
+    let down = proc.wait_for("connect target marked down");
+    assert_eq!(down["target"], dead.to_string());
+    let failed = proc.wait_for("cannot connect to");
+    assert!(
+        failed["message"].as_str().unwrap().contains(&tried),
+        "{failed}"
+    );
+
+    let mut second = TcpStream::connect(entrance).await.unwrap();
+    let (_, _) = read_to_end(&mut second).await;
+    let last_resort = proc.wait_for("trying those marked down");
+    assert_eq!(
+        last_resort["targets"].as_str(),
+        Some(format!("[{dead}]").as_str()),
+        "{last_resort}"
+    );
+    let failed = proc.wait_for("cannot connect to");
+    assert!(
+        failed["message"].as_str().unwrap().contains(&tried),
+        "the lone target marked down was not tried: {failed}"
+    );
 }

@@ -15,8 +15,11 @@
 //!   token ([`super::token`]) granting names, and a request for those names.
 //!
 //! Every issuance is logged by the service and appended to `issued.log` in
-//! the CA folder, with its serial, its names and how it was authorised.
+//! the CA folder, with its serial, its names and how it was authorised; the
+//! service counts each answer in the authority's [`Answers`], which the
+//! metrics show.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -48,6 +51,80 @@ pub struct Authority {
     lifetime: Duration,
     /// One issuance at a time: the files it checks and writes are shared.
     issuing: Mutex<()>,
+    answers: Answers,
+}
+
+/// What a request asked for: the `how` of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Asked {
+    Renewal,
+    Enrolment,
+}
+
+impl Asked {
+    pub const ALL: [Asked; 2] = [Asked::Renewal, Asked::Enrolment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Asked::Renewal => "renewal",
+            Asked::Enrolment => "enrolment",
+        }
+    }
+}
+
+/// The statuses a refusal is counted under from the start, at zero, so that
+/// the first refusal of each shows as an increase (a series that appears
+/// at 1 does not, to Prometheus). Any other status is added when it happens.
+pub const REFUSAL_STATUSES: [u16; 5] = [400, 401, 403, 413, 503];
+
+/// The answers of one online CA since it was opened: certificates issued,
+/// and requests refused by status, each by what was asked.
+#[derive(Debug)]
+pub struct Answers {
+    counts: Mutex<BTreeMap<(Asked, u16), u64>>,
+}
+
+impl Default for Answers {
+    fn default() -> Answers {
+        let counts = Asked::ALL
+            .into_iter()
+            .flat_map(|a| {
+                std::iter::once(200)
+                    .chain(REFUSAL_STATUSES)
+                    .map(move |s| (a, s))
+            })
+            .map(|k| (k, 0))
+            .collect();
+        Answers {
+            counts: Mutex::new(counts),
+        }
+    }
+}
+
+impl Answers {
+    /// One answer: 200 is a certificate issued, anything else a refusal.
+    pub fn count(&self, asked: Asked, status: u16) {
+        *self.lock().entry((asked, status)).or_insert(0) += 1;
+    }
+
+    /// Certificates issued for `asked`.
+    pub fn issued(&self, asked: Asked) -> u64 {
+        self.lock().get(&(asked, 200)).copied().unwrap_or(0)
+    }
+
+    /// Refusals by what was asked and status, in that order.
+    pub fn refused(&self) -> Vec<(Asked, u16, u64)> {
+        self.lock()
+            .iter()
+            .filter(|((_, status), _)| *status != 200)
+            .map(|((asked, status), n)| (*asked, *status, *n))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Asked, u16), u64>> {
+        // A counter update cannot leave the map half-changed.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A certificate just issued.
@@ -110,7 +187,14 @@ impl Authority {
             dir: dir.to_path_buf(),
             lifetime,
             issuing: Mutex::new(()),
+            answers: Answers::default(),
         })
+    }
+
+    /// The answers given since this authority was opened (the service's
+    /// start, or the reload that last changed it).
+    pub fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     pub fn dir(&self) -> &Path {
@@ -323,4 +407,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every status counted, the usual refusals shown at zero before any,
+    /// an unusual one added when it happens.
+    #[test]
+    fn answers_are_counted_by_what_was_asked_and_status() {
+        let a = Answers::default();
+        assert_eq!(a.issued(Asked::Renewal), 0);
+        let zeros = a.refused();
+        assert_eq!(zeros.len(), 2 * REFUSAL_STATUSES.len(), "{zeros:?}");
+        assert!(zeros.iter().all(|(_, _, n)| *n == 0));
+        a.count(Asked::Renewal, 200);
+        a.count(Asked::Renewal, 200);
+        a.count(Asked::Enrolment, 200);
+        a.count(Asked::Renewal, 403);
+        a.count(Asked::Enrolment, 418);
+        assert_eq!(a.issued(Asked::Renewal), 2);
+        assert_eq!(a.issued(Asked::Enrolment), 1);
+        let refused = a.refused();
+        assert!(refused.contains(&(Asked::Renewal, 403, 1)), "{refused:?}");
+        assert!(refused.contains(&(Asked::Enrolment, 403, 0)), "{refused:?}");
+        assert!(refused.contains(&(Asked::Enrolment, 418, 1)), "{refused:?}");
+        assert!(!refused.iter().any(|(_, s, _)| *s == 200));
+    }
 }
