@@ -157,7 +157,7 @@ pub async fn run(
     });
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(8);
     // Renewal asks for its reloads as `dctunnel reload` does.
-    let mut renewal = Renewal {
+    let mut renewal = RenewalTask {
         reloads: requests_tx.clone(),
         view: daemon.view(),
         running: None,
@@ -358,13 +358,13 @@ impl Files {
 }
 
 /// The renewal task (`[renewal]`), following the configuration in force.
-struct Renewal {
+struct RenewalTask {
     reloads: mpsc::Sender<control::Request>,
     view: crate::daemon::DaemonView,
     running: Option<renewal::Renewer>,
 }
 
-impl Renewal {
+impl RenewalTask {
     /// Starts, stops or restarts the task when `[renewal]` changed.
     fn follow(&mut self, daemon: &Daemon) {
         let wanted = daemon.renewal();
