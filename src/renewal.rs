@@ -184,15 +184,9 @@ async fn run(
     };
     loop {
         let next = step(&settings, &reloads, &view, &mut state).await;
-        if next.look_in.is_zero() {
-            continue;
+        if !next.look_in.is_zero() {
+            tokio::time::sleep(next.look_in).await;
         }
-        view.update_renewal(|s| {
-            if let Some(s) = s {
-                s.next_attempt = next.attempt_at;
-            }
-        });
-        tokio::time::sleep(next.look_in).await;
     }
 }
 
@@ -219,6 +213,17 @@ impl Next {
             attempt_at: Some(SystemTime::now() + wait),
         }
     }
+
+    /// Records the plan in the figures, before the log line that tells it,
+    /// so that whoever reads the line finds it in the metrics.
+    fn record(self, view: &DaemonView) -> Next {
+        view.update_renewal(|s| {
+            if let Some(s) = s {
+                s.next_attempt = self.attempt_at;
+            }
+        });
+        self
+    }
 }
 
 /// One look at the certificate, and an attempt if it is due.
@@ -235,33 +240,38 @@ async fn step(
         Ok(info) => info,
         Err(e) => {
             let wait = backoff.after_failure(RETRY_MOST);
+            let next = Next::attempt_in(wait).record(view);
             warn!(%ca_service, %cert, error = %e, retry_in = ?wait,
                 "certificate renewal: cannot read the certificate; trying again later");
-            return Next::attempt_in(wait);
+            return next;
         }
     };
     let now = OffsetDateTime::now_utc();
     let when = due(info.not_before, info.not_after);
     if now >= info.not_after {
+        let next = Next {
+            look_in: RECHECK,
+            attempt_at: None,
+        }
+        .record(view);
         error!(%ca_service, %cert, serial = %info.serial, not_after = %x509::rfc3339(info.not_after),
             "certificate renewal: the certificate has expired, and the CA service renews only a \
              valid one: enrol this host again (dctunnel certs token on the CA host, then \
              dctunnel certs enrol here)");
-        return Next {
-            look_in: RECHECK,
-            attempt_at: None,
-        };
+        return next;
     }
     if now < when {
+        let next = Next {
+            look_in: to_std(when - now).min(RECHECK),
+            attempt_at: Some(SystemTime::from(when)),
+        }
+        .record(view);
         if *announced != Some(when) {
             *announced = Some(when);
             info!(%ca_service, %cert, serial = %info.serial, renew_at = %x509::rfc3339(when),
                 not_after = %x509::rfc3339(info.not_after), "certificate renewal scheduled");
         }
-        return Next {
-            look_in: to_std(when - now).min(RECHECK),
-            attempt_at: Some(SystemTime::from(when)),
-        };
+        return next;
     }
     info!(%ca_service, %cert, serial = %info.serial, not_after = %x509::rfc3339(info.not_after),
         "renewing the certificate");
@@ -282,10 +292,11 @@ async fn step(
             backoff.reset();
             if due(new.not_before, new.not_after) <= OffsetDateTime::now_utc() {
                 let wait = backoff.after_failure(to_std(new.not_after - now));
+                let next = Next::attempt_in(wait).record(view);
                 warn!(%ca_service, %cert, serial = %new.serial, retry_in = ?wait,
                     "certificate renewal: the CA service issued a certificate already two thirds \
                      through its lifetime (is its lifetime too short, or a clock wrong?)");
-                return Next::attempt_in(wait);
+                return next;
             }
             Next {
                 look_in: Duration::ZERO,
@@ -299,9 +310,10 @@ async fn step(
                 }
             });
             let wait = backoff.after_failure(left);
+            let next = Next::attempt_in(wait).record(view);
             warn!(%ca_service, %cert, error = %e, retry_in = ?wait,
                 "certificate renewal failed; the services keep their current certificate");
-            Next::attempt_in(wait)
+            next
         }
     }
 }
