@@ -35,6 +35,15 @@ pub fn main(path: &Path) -> ExitCode {
                     d.warm
                 );
             }
+            if let Some(r) = &config.renewal {
+                crate::outln!(
+                    "  renewal: {} from the CA service {} (server name {}) at two thirds of its lifetime{}",
+                    r.cert.display(),
+                    r.ca_service,
+                    r.server_name.to_str(),
+                    renewal_due(&r.cert)
+                );
+            }
             for s in &config.services {
                 for target in &s.connect {
                     let Host::Name(name) = &target.host else {
@@ -78,5 +87,25 @@ fn unresolved(name: &str, port: u16) -> Option<String> {
             "does not resolve now: no answer within {}s",
             RESOLVE_WAIT.as_secs()
         )),
+    }
+}
+
+/// `", next on DATE"` for the certificate at `path`, as loading read it.
+fn renewal_due(path: &Path) -> String {
+    let info = crate::files::read(path, crate::files::PEM_LIMIT)
+        .ok()
+        .and_then(|bytes| crate::files::pem_blocks(&bytes).ok())
+        .and_then(|blocks| {
+            blocks
+                .into_iter()
+                .find(|b| b.label == crate::files::Label::Certificate)
+        })
+        .and_then(|b| crate::x509::CertInfo::parse(&b.der).ok());
+    match info {
+        Some(i) => format!(
+            ", next on {}",
+            crate::x509::human_time(crate::renewal::due(i.not_before, i.not_after))
+        ),
+        None => String::new(),
     }
 }

@@ -35,6 +35,8 @@ pub struct Daemon {
     watch_files: Option<Duration>,
     /// The admin address the daemon started with (a reload cannot move it).
     admin: Option<SocketAddr>,
+    /// `[renewal]` of the configuration in force.
+    renewal: Option<Arc<config::Renewal>>,
 }
 
 /// One running service.
@@ -64,6 +66,8 @@ struct Registry {
     reloads: ReloadStats,
     /// Stopping: no service accepts; the open connections are finishing.
     draining: bool,
+    /// How certificate renewal goes, while `[renewal]` is set.
+    renewal: Option<crate::renewal::RenewalStats>,
 }
 
 /// One listening service as the admin endpoint sees it.
@@ -118,6 +122,16 @@ impl DaemonView {
     /// the connections still listed are being drained.
     pub fn draining(&self) -> bool {
         self.read().draining
+    }
+
+    /// How certificate renewal goes; `None` when `[renewal]` is not set.
+    pub fn renewal(&self) -> Option<crate::renewal::RenewalStats> {
+        self.read().renewal.clone()
+    }
+
+    /// Updates the renewal figures (`None`: renewal is off).
+    pub fn update_renewal(&self, f: impl FnOnce(&mut Option<crate::renewal::RenewalStats>)) {
+        f(&mut self.write().renewal)
     }
 
     /// Counts a reload started by a file change, once it is done (its
@@ -229,6 +243,7 @@ impl Daemon {
             shutdown_timeout: config.shutdown_timeout,
             watch_files: config.watch_files,
             admin: config.admin,
+            renewal: config.renewal.clone(),
         };
         let mut bound = Vec::new();
         for s in &config.services {
@@ -307,6 +322,11 @@ impl Daemon {
         self.watch_files
     }
 
+    /// `[renewal]` of the configuration in force.
+    pub fn renewal(&self) -> Option<Arc<config::Renewal>> {
+        self.renewal.clone()
+    }
+
     /// How many services are running.
     pub fn service_count(&self) -> usize {
         self.registry.read().services.len()
@@ -333,6 +353,7 @@ impl Daemon {
         }
         self.shutdown_timeout = config.shutdown_timeout;
         self.watch_files = config.watch_files;
+        self.renewal = config.renewal.clone();
         if config.admin != self.admin {
             warn!(
                 running = ?self.admin,

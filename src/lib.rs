@@ -30,6 +30,10 @@
 //!   enrolment tokens, and what the online CA signs.
 //! - [`ca_service`]: the online CA (`mode = "ca"`) on the wire: renewal and
 //!   enrolment requests over TLS.
+//! - [`renewal`]: `[renewal]`, the daemon's task that renews this host's
+//!   certificate from the online CA service and reloads.
+//! - [`ca_client`]: a host's request to the online CA service (renewal,
+//!   `certs enrol`), and the check of the certificate it sends back.
 //! - [`stunnel`]: `dctunnel import-stunnel`, translating stunnel configurations.
 //! - [`systemd`]: readiness notifications, watchdog, descriptor store, open-files limit.
 //! - [`admin`], [`metrics`], [`status`]: the admin HTTP endpoint (Prometheus
@@ -41,6 +45,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod ca_client;
 pub mod ca_service;
 pub mod certs;
 pub mod check;
@@ -58,6 +63,7 @@ pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod refusals;
+pub mod renewal;
 pub mod service;
 pub mod start;
 pub mod status;

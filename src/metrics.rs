@@ -267,6 +267,43 @@ impl Collector for ViewCollector {
                 .last_success
                 .map(|t| ConstGauge::new(unix_seconds(t))),
         )?;
+        if let Some(renewal) = self.view.renewal() {
+            single(
+                e,
+                "dctunnel_certificate_renewals",
+                "Certificates renewed from the CA service ([renewal]) since start: a new key and \
+                 certificate written.",
+                MetricType::Counter,
+                Some(ConstCounter::new(renewal.renewals)),
+            )?;
+            single(
+                e,
+                "dctunnel_certificate_renewal_failures",
+                "Renewal attempts that got no certificate (CA service unreachable or refusing); \
+                 the services kept their certificate.",
+                MetricType::Counter,
+                Some(ConstCounter::new(renewal.failures)),
+            )?;
+            single(
+                e,
+                "dctunnel_certificate_renewal_next_timestamp_seconds",
+                "When the next renewal attempt is planned, Unix time; absent when none is \
+                 (the certificate expired: enrol the host again).",
+                MetricType::Gauge,
+                renewal
+                    .next_attempt
+                    .map(|t| ConstGauge::new(unix_seconds(t))),
+            )?;
+            single(
+                e,
+                "dctunnel_certificate_renewal_last_success_timestamp_seconds",
+                "When the certificate was last renewed, Unix time; absent before the first renewal.",
+                MetricType::Gauge,
+                renewal
+                    .last_success
+                    .map(|t| ConstGauge::new(unix_seconds(t))),
+            )?;
+        }
         single(
             e,
             "process_open_fds",

@@ -15,6 +15,7 @@ use crate::config::{self, Config};
 use crate::control;
 use crate::daemon::{self, Daemon, DaemonView, Trigger};
 use crate::listeners::{self, Listeners};
+use crate::renewal;
 use crate::systemd;
 use crate::watch::FileWatch;
 
@@ -155,6 +156,12 @@ pub async fn run(
         ))
     });
     let (requests_tx, mut requests) = mpsc::channel::<control::Request>(8);
+    // Renewal asks for its reloads as `dctunnel reload` does.
+    let mut renewal = RenewalTask {
+        reloads: requests_tx.clone(),
+        view: daemon.view(),
+        running: None,
+    };
     if let (Some(listener), Some(p)) = (control_listener, control) {
         info!(path = %p.display(), "control socket listening");
         tokio::spawn(control::serve(
@@ -181,12 +188,14 @@ pub async fn run(
         })
     });
     let mut files = Files::start(&daemon);
+    renewal.follow(&daemon);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Reload { reply }) => {
                     let verdict = reload(&mut daemon, path, Trigger::Asked).await;
                     files.after_asked_reload(&daemon, verdict.is_ok());
+                    renewal.follow(&daemon);
                     if let Some(reply) = reply {
                         let _ = reply.send(verdict);
                     }
@@ -200,6 +209,7 @@ pub async fn run(
                 control::Command::Reload => {
                     let verdict = reload(&mut daemon, path, Trigger::Asked).await;
                     files.after_asked_reload(&daemon, verdict.is_ok());
+                    renewal.follow(&daemon);
                     let _ = request.reply.send(verdict);
                 }
             },
@@ -215,10 +225,12 @@ pub async fn run(
                     // for the file to change again.
                     let _ = reload(&mut daemon, path, Trigger::FileChanged).await;
                     files.follow(&daemon);
+                    renewal.follow(&daemon);
                 }
             },
         }
     }
+    renewal.stop();
     systemd::notify("STOPPING=1\nSTATUS=stopping: draining open connections");
     if let Some(w) = watchdog {
         w.abort();
@@ -341,6 +353,39 @@ impl Files {
                 self.watch = Some(FileWatch::default());
                 Vec::new()
             }
+        }
+    }
+}
+
+/// The renewal task (`[renewal]`), following the configuration in force.
+struct RenewalTask {
+    reloads: mpsc::Sender<control::Request>,
+    view: crate::daemon::DaemonView,
+    running: Option<renewal::Renewer>,
+}
+
+impl RenewalTask {
+    /// Starts, stops or restarts the task when `[renewal]` changed.
+    fn follow(&mut self, daemon: &Daemon) {
+        let wanted = daemon.renewal();
+        if self.running.as_ref().map(|r| r.settings()) == wanted.as_ref() {
+            return;
+        }
+        self.stop();
+        if let Some(settings) = wanted {
+            self.running = Some(renewal::Renewer::start(
+                settings,
+                self.reloads.clone(),
+                self.view.clone(),
+            ));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop();
+            self.view.update_renewal(|s| *s = None);
+            info!("certificate renewal off");
         }
     }
 }

@@ -882,6 +882,15 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         svc.key.display(),
         ca_dir.display()
     ));
+    // And renewal figures, which the renewal task ([renewal], in
+    // `process::run`) records.
+    t.daemon.view().update_renewal(|r| {
+        *r = Some(dctunnel::renewal::RenewalStats {
+            next_attempt: Some(std::time::SystemTime::now()),
+            last_success: Some(std::time::SystemTime::now()),
+            ..Default::default()
+        })
+    });
     let mut exported: Vec<String> = Vec::new();
     for view in [t.daemon.view(), ca.view()] {
         let s = scrape(admin(view).await).await;
@@ -897,6 +906,9 @@ async fn dashboard_and_alerts_use_exported_metrics() {
         "dctunnel_target_skips_total",
         "dctunnel_ca_certificates_issued_total",
         "dctunnel_ca_requests_refused_total",
+        "dctunnel_certificate_renewals_total",
+        "dctunnel_certificate_renewal_failures_total",
+        "dctunnel_certificate_renewal_next_timestamp_seconds",
     ] {
         assert!(exported.iter().any(|e| e == name), "{name} not exported");
     }

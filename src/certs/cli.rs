@@ -48,6 +48,64 @@ pub enum CertsCommand {
     /// host, bound to the names it may ask for and pinning the CA. Prints
     /// the token alone on stdout (what it grants goes to stderr).
     Token(TokenArgs),
+    /// On a new host: make its key, and get its first certificate from the
+    /// online CA service with a one-time token from `certs token`. Writes
+    /// OUT/NAME.key (0600), OUT/NAME.pem and OUT/ca.pem; overwrites nothing.
+    Enrol(EnrolArgs),
+}
+
+/// Arguments of `dctunnel certs enrol`.
+#[derive(clap::Args, Debug)]
+pub struct EnrolArgs {
+    /// The token `dctunnel certs token` printed (or set DCTUNNEL_TOKEN,
+    /// which keeps it off the command line).
+    #[arg(
+        long,
+        env = "DCTUNNEL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: SecretArg,
+    /// The CA service, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ca_service: String,
+    /// The name the CA service's certificate must prove (default: the
+    /// host of --ca-service).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Host name: the common name and the first DNS subject alternative name.
+    #[arg(long)]
+    pub name: String,
+    /// Extra DNS names (repeatable, or comma-separated); the token must grant them.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// IP addresses (repeatable, or comma-separated); the token must grant them.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub ip: Vec<IpAddr>,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    pub key_type: KeyType,
+    /// Output directory for NAME.key, NAME.pem and ca.pem (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// A secret given on the command line: never shown by Debug, and parsed
+/// only later, so that clap's own error cannot quote it.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(..)")
+    }
 }
 
 /// Arguments of `dctunnel certs token`.
@@ -240,6 +298,7 @@ pub fn main(cmd: CertsCommand) -> ExitCode {
         CertsCommand::Show(args) => run_show(args),
         CertsCommand::Revoke(args) => run_revoke(args),
         CertsCommand::Token(args) => run_token(args),
+        CertsCommand::Enrol(args) => run_enrol(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -280,6 +339,65 @@ fn run_token(args: TokenArgs) -> Result<(), CertsError> {
         grant.name
     );
     crate::outln!("{}", made.token);
+    Ok(())
+}
+
+fn run_enrol(args: EnrolArgs) -> Result<(), CertsError> {
+    let token =
+        super::token::Token::parse(&args.token.0).map_err(super::enrol::EnrolError::from)?;
+    let opts = super::enrol::EnrolOptions {
+        token,
+        ca_service: args.ca_service,
+        server_name: args.server_name,
+        request: RequestOptions {
+            name: args.name,
+            dns: args.dns,
+            ips: args.ip,
+            key_type: args.key_type,
+        },
+        out: args.out,
+    };
+    let e = super::enrol::enrol(&opts)?;
+    let info = &e.info;
+    crate::outln!(
+        "enrolled with the CA service {} (it proved the CA key the token pins: {})",
+        opts.ca_service,
+        e.ca_pin
+    );
+    crate::outln!(
+        "wrote {} (private key, mode 0600: made here, it never left this host)",
+        display_path(&e.key_path)
+    );
+    crate::outln!(
+        "wrote {} (certificate, mode 0644)",
+        display_path(&e.cert_path)
+    );
+    if e.ca_written {
+        crate::outln!(
+            "wrote {} (CA certificate, mode 0644)",
+            display_path(&e.ca_path)
+        );
+    } else {
+        crate::outln!(
+            "kept {} (already this CA certificate)",
+            display_path(&e.ca_path)
+        );
+    }
+    crate::outln!("names: {}", info.sans.join(", "));
+    crate::outln!("serial: {}", info.serial);
+    crate::outln!("not after: {}", human_time(info.not_after));
+    crate::outln!("pin: {}", info.pin);
+    crate::outln!("CA pin: {}", e.ca_pin);
+    crate::outln!();
+    crate::outln!("Next: use them in the services, and let the daemon renew the certificate:");
+    crate::outln!("  [renewal]");
+    crate::outln!("  ca_service = {}", quote(&opts.ca_service));
+    if let Some(name) = &opts.server_name {
+        crate::outln!("  server_name = {}", quote(name));
+    }
+    crate::outln!("  cert = {}", quote(&e.cert_path.display().to_string()));
+    crate::outln!("  key = {}", quote(&e.key_path.display().to_string()));
+    crate::outln!("  ca = {}", quote(&e.ca_path.display().to_string()));
     Ok(())
 }
 

@@ -91,14 +91,64 @@ pub fn renew(
     key_type: Option<KeyType>,
 ) -> Result<Requested, CertsError> {
     let der = first_cert(cert)?;
+    let mut opts = same_names(&der, cert)?;
+    if let Some(t) = key_type {
+        opts.key_type = t;
+    }
+    let Some(key_file) = keep_key else {
+        return request(out_dir, &opts);
+    };
+
+    let stem = opts.name.trim_end_matches('.');
+    let csr_path = out_dir.join(format!("{stem}.csr"));
+    let params = request_params(&opts)?;
+    refuse_existing(&[&csr_path])?;
+    let key_pem = fs::read_to_string(key_file).map_err(|source| CertsError::Read {
+        path: key_file.to_path_buf(),
+        source,
+    })?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|source| CertsError::Key {
+        path: key_file.to_path_buf(),
+        source,
+    })?;
     let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertsError::Parse {
         path: cert.to_path_buf(),
         index: 1,
         what: "certificate",
         source: e.into(),
     })?;
+    if key.subject_public_key_info() != parsed.public_key().raw {
+        return Err(CertsError::KeyMismatch {
+            key: key_file.to_path_buf(),
+            cert: cert.to_path_buf(),
+        });
+    }
+    let csr = params.serialize_request(&key).map_err(CertsError::Sign)?;
+    let csr_pem = csr.pem().map_err(CertsError::Sign)?;
+    create_dir(out_dir, false)?;
+    write_new(&csr_path, csr_pem.as_bytes(), 0o644)?;
+    Ok(Requested {
+        csr_path: absolute(&csr_path),
+        key_path: None,
+        names: san_texts(&params.subject_alt_names),
+        pin: x509::spki_pin_of_spki(&key.subject_public_key_info()),
+    })
+}
+
+/// The request options that renew the host certificate `der` (read from
+/// `path`, named in errors): its names (the common name as the host name,
+/// its DNS and IP names), and a key of the same type: Ed25519 for Ed25519,
+/// ECDSA P-256 for any other. Refuses a CA certificate and a certificate
+/// with no name or with names of another kind, which no CA would renew.
+pub fn same_names(der: &[u8], path: &Path) -> Result<RequestOptions, CertsError> {
+    let (_, parsed) = X509Certificate::from_der(der).map_err(|e| CertsError::Parse {
+        path: path.to_path_buf(),
+        index: 1,
+        what: "certificate",
+        source: e.into(),
+    })?;
     let not_renewable = |why| CertsError::NotRenewable {
-        path: cert.to_path_buf(),
+        path: path.to_path_buf(),
         why,
     };
     if parsed.is_ca() {
@@ -135,7 +185,7 @@ pub fn renew(
         None if !dns.is_empty() => dns.remove(0),
         None => return Err(not_renewable("names no host (no common name, no DNS name)")),
     };
-    let old_type = if x509::CertInfo::parse(&der)
+    let key_type = if x509::CertInfo::parse(der)
         .map(|i| i.key_type == "Ed25519")
         .unwrap_or(false)
     {
@@ -143,44 +193,38 @@ pub fn renew(
     } else {
         KeyType::EcdsaP256
     };
-    let opts = RequestOptions {
+    Ok(RequestOptions {
         name,
         dns,
         ips,
-        key_type: key_type.unwrap_or(old_type),
-    };
-    let Some(key_file) = keep_key else {
-        return request(out_dir, &opts);
-    };
-
-    let stem = opts.name.trim_end_matches('.');
-    let csr_path = out_dir.join(format!("{stem}.csr"));
-    let params = request_params(&opts)?;
-    refuse_existing(&[&csr_path])?;
-    let key_pem = fs::read_to_string(key_file).map_err(|source| CertsError::Read {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|source| CertsError::Key {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
-    if key.subject_public_key_info() != parsed.public_key().raw {
-        return Err(CertsError::KeyMismatch {
-            key: key_file.to_path_buf(),
-            cert: cert.to_path_buf(),
-        });
-    }
-    let csr = params.serialize_request(&key).map_err(CertsError::Sign)?;
-    let csr_pem = csr.pem().map_err(CertsError::Sign)?;
-    create_dir(out_dir, false)?;
-    write_new(&csr_path, csr_pem.as_bytes(), 0o644)?;
-    Ok(Requested {
-        csr_path: absolute(&csr_path),
-        key_path: None,
-        names: san_texts(&params.subject_alt_names),
-        pin: x509::spki_pin_of_spki(&key.subject_public_key_info()),
+        key_type,
     })
+}
+
+/// A new key and a request for `opts`, in memory: for the daemon's renewal
+/// and `certs enrol`, which send the request to the CA service themselves.
+/// Returns the key, the request (PEM) and the names asked for.
+pub fn make_request(opts: &RequestOptions) -> Result<(KeyPair, String, Vec<String>), CertsError> {
+    let key = new_key(opts.key_type)?;
+    let (csr_pem, names) = request_for_key(opts, &key)?;
+    Ok((key, csr_pem, names))
+}
+
+/// A new private key of `key_type`.
+pub fn new_key(key_type: KeyType) -> Result<KeyPair, CertsError> {
+    generate_key(key_type)
+}
+
+/// A request for `opts` signed by an existing `key` (its type wins over
+/// `opts.key_type`): the request (PEM) and the names asked for.
+pub fn request_for_key(
+    opts: &RequestOptions,
+    key: &KeyPair,
+) -> Result<(String, Vec<String>), CertsError> {
+    let params = request_params(opts)?;
+    let csr = params.serialize_request(key).map_err(CertsError::Sign)?;
+    let csr_pem = csr.pem().map_err(CertsError::Sign)?;
+    Ok((csr_pem, san_texts(&params.subject_alt_names)))
 }
 
 /// Checks a certificate signing request and signs it with the CA in

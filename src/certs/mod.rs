@@ -6,6 +6,7 @@
 //!   keys for pinning, reading PEM files, revoking;
 //! - [`csr`]: requests made on the host, signed on the admin machine;
 //! - [`token`]: one-time enrolment tokens for the online CA;
+//! - [`enrol`]: a new host's first certificate from the online CA, with a token;
 //! - [`online`]: what the online CA (`mode = "ca"`) signs, and what it refuses;
 //! - [`cli`]: the `dctunnel certs` subcommands, their arguments and output.
 //!
@@ -20,6 +21,8 @@
 //!   `<out>/<name>.csr` (a PKCS#10 request); `sign`, on the admin machine,
 //!   writes `<out>/<name>.pem` from a request. The key never leaves the host:
 //!   only the request travels to the CA and only the certificate comes back.
+//! - `enrol`, on a new host, writes `<out>/<name>.key` (made there),
+//!   `<out>/<name>.pem` and `<out>/ca.pem`, from the online CA service;
 //!
 //! Keys are PKCS#8 PEM, created with mode 0600 from the first byte (never
 //! chmod-ed afterwards). No command overwrites an existing certificate or key.
@@ -30,6 +33,7 @@ use std::path::PathBuf;
 pub mod ca;
 pub mod cli;
 pub mod csr;
+pub mod enrol;
 pub mod online;
 pub mod token;
 
@@ -164,6 +168,9 @@ pub enum CertsError {
         "--ttl must be more than 0 and at most 7 days: a token is for an enrolment about to happen"
     )]
     TokenTtl,
+    /// `certs enrol` got no certificate.
+    #[error(transparent)]
+    Enrol(#[from] enrol::EnrolError),
     /// The system random number generator failed.
     #[error("the random number generator failed")]
     Random,

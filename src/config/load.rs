@@ -12,9 +12,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::problem::{ConfigError, Location, Problem};
-use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawService};
+use super::raw::{OneOrMany, RawAdmin, RawDaemon, RawRenewal, RawService};
 use super::values::{expand_env, is_public_or_wildcard, parse_duration, parse_source};
-use super::{Config, Fingerprint, Host, Mode, Role, Service, Target};
+use super::{Config, Fingerprint, Host, Mode, Renewal, Role, Service, Target};
 use crate::certs::online::Authority;
 use crate::files;
 use crate::tls::{self, PeerPolicy, TlsFiles};
@@ -160,6 +160,7 @@ struct Timeouts {
 const DAEMON: Location = Location::Table("daemon");
 const ADMIN: Location = Location::Table("admin");
 const DEFAULTS: Location = Location::Table("defaults");
+const RENEWAL: Location = Location::Table("renewal");
 
 impl Context {
     fn problem(&mut self, at: &Location, field: Option<&str>, message: impl Into<String>) {
@@ -209,17 +210,19 @@ impl Context {
         let daemon = self.daemon(table.remove("daemon"));
         let admin = self.admin(table.remove("admin"));
         let raw_services = self.service_list(table.remove("service"));
+        let raw_renewal = table.remove("renewal");
         for key in table.keys() {
             self.problem(
                 &Location::File,
                 Some(key),
-                "unknown top-level key (expected [defaults], [daemon], [admin] or [[service]])",
+                "unknown top-level key (expected [defaults], [daemon], [admin], [renewal] or [[service]])",
             );
         }
         if raw_services.is_empty() {
             self.problem(&Location::File, None, "no [[service]] defined");
         }
         let services = self.services(raw_services, &defaults);
+        let renewal = raw_renewal.and_then(|value| self.renewal(value, &services));
         if let Some(admin) = admin {
             // Port 0 (any free port, for tests) never collides.
             let taken = services
@@ -243,7 +246,129 @@ impl Context {
             worker_threads: daemon.worker_threads,
             watch_files: daemon.watch_files,
             admin,
+            renewal,
         })
+    }
+
+    /// `[renewal]`: the CA service, and the certificate and key the daemon
+    /// renews, which must be a pair the CA service would renew, in folders
+    /// the daemon can write to, and used by a service.
+    fn renewal(&mut self, value: toml::Value, services: &[Arc<Service>]) -> Option<Arc<Renewal>> {
+        let raw = match RawRenewal::deserialize(value) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.serde_problem(&RENEWAL, &e);
+                return None;
+            }
+        };
+        let before = self.problems.len();
+        let ca_service = match &raw.ca_service {
+            None => {
+                self.problem(
+                    &RENEWAL,
+                    Some("ca_service"),
+                    "is required: the HOST:PORT of the CA service (mode = \"ca\")",
+                );
+                None
+            }
+            Some(v) => Target::parse(v)
+                .map_err(|e| self.problem(&RENEWAL, Some("ca_service"), e))
+                .ok(),
+        };
+        let server_name = match (&raw.server_name, &ca_service) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(t)) => Some(match &t.host {
+                Host::Ip(ip) => ip.to_string(),
+                Host::Name(n) => n.clone(),
+            }),
+            (None, None) => None,
+        }
+        .and_then(|n| {
+            rustls::pki_types::ServerName::try_from(n.clone())
+                .map_err(|_| {
+                    self.problem(
+                        &RENEWAL,
+                        Some("server_name"),
+                        format!("{n:?} is not a valid DNS name or IP address"),
+                    )
+                })
+                .ok()
+        });
+        let file =
+            |cx: &mut Self, field: &'static str, value: &Option<String>, what: &str| match value {
+                None => {
+                    cx.problem(&RENEWAL, Some(field), format!("is required ({what})"));
+                    None
+                }
+                Some(v) => cx.path(&RENEWAL, field, v),
+            };
+        let cert = file(
+            self,
+            "cert",
+            &raw.cert,
+            "the certificate the daemon renews, PEM",
+        );
+        let key = file(self, "key", &raw.key, "its private key, PEM");
+        let ca = file(
+            self,
+            "ca",
+            &raw.ca,
+            "the CA certificate that verifies the CA service",
+        );
+        let (Some(cert), Some(key), Some(ca)) = (cert, key, ca) else {
+            return None;
+        };
+        if cert == key {
+            self.problem(
+                &RENEWAL,
+                Some("key"),
+                "is the cert file; renewal writes the key and the certificate to two files",
+            );
+            return None;
+        }
+        match crate::renewal::client_config(&cert, &key, &ca) {
+            Err(e) => self.problem(&RENEWAL, Some(e.field), e.message),
+            Ok((_, leaf)) => {
+                if let Err(e) = crate::certs::csr::same_names(&leaf, &cert) {
+                    self.problem(
+                        &RENEWAL,
+                        Some("cert"),
+                        format!("{e}: the CA service would not renew it"),
+                    );
+                }
+            }
+        }
+        for (field, path) in [("cert", &cert), ("key", &key)] {
+            if let Some(why) = unwritable_folder(path) {
+                self.problem(&RENEWAL, Some(field), why);
+            }
+        }
+        // Only when the rest is right: a service with a problem is not
+        // in `services`, and would show here as missing.
+        if self.problems.is_empty()
+            && !services
+                .iter()
+                .any(|s| s.files.cert.as_deref() == Some(cert.as_path()))
+        {
+            self.problem(
+                &RENEWAL,
+                Some("cert"),
+                format!(
+                    "no [[service]] uses {}: renewal would renew a certificate no service loads",
+                    cert.display()
+                ),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Arc::new(Renewal {
+            ca_service: ca_service?,
+            server_name: server_name?,
+            cert,
+            key,
+            ca,
+        }))
     }
 
     /// `[defaults]`: any service key but the four that are per service,
@@ -1237,4 +1362,33 @@ fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(field, inherited)| inherited.then_some(field))
     .collect()
+}
+
+/// Why the daemon could not replace `path` (renewal writes a new file in
+/// its folder and renames it over the old one), if it could not.
+fn unwritable_folder(path: &Path) -> Option<String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let credentials =
+        std::env::var_os("CREDENTIALS_DIRECTORY").filter(|c| !c.is_empty() && path.starts_with(c));
+    if credentials.is_some() {
+        return Some(format!(
+            "{} is a systemd credential (LoadCredential=), a read-only copy: the daemon cannot \
+             replace it. Keep the renewed certificate and key in a folder the daemon's user owns, \
+             such as its StateDirectory=",
+            path.display()
+        ));
+    }
+    match rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    ) {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "the daemon cannot write to {} ({}), where renewal replaces {}: make the folder \
+             writable by the daemon's user (its StateDirectory=, for example)",
+            dir.display(),
+            std::io::Error::from(e),
+            path.display()
+        )),
+    }
 }

@@ -55,6 +55,25 @@ pub struct Config {
     pub watch_files: Option<Duration>,
     /// Where the admin HTTP endpoint (metrics, connections) listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// `[renewal]`: this host's certificate renewed from the online CA.
+    pub renewal: Option<Arc<Renewal>>,
+}
+
+/// `[renewal]`: which certificate the daemon renews, and from where. Two
+/// equal values renew the same way (a reload that changes it restarts the
+/// renewal); the files' contents are read at each attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The CA service, `HOST:PORT`.
+    pub ca_service: Target,
+    /// The name its certificate must prove.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// The certificate renewed, and shown to the CA service.
+    pub cert: PathBuf,
+    /// Its key; the new key replaces it.
+    pub key: PathBuf,
+    /// The CA certificate that verifies the CA service.
+    pub ca: PathBuf,
 }
 
 /// One named service: a listener and where its connections go.

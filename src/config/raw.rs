@@ -104,3 +104,15 @@ pub(super) struct RawDaemon {
     pub worker_threads: Option<usize>,
     pub watch_files: Option<String>,
 }
+
+/// The `[renewal]` table: renewing this host's certificate from the
+/// online CA service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRenewal {
+    pub ca_service: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub ca: Option<String>,
+}

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::{Host, Target};
 
 impl Target {
-    pub(super) fn parse(s: &str) -> Result<Target, String> {
+    pub fn parse(s: &str) -> Result<Target, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             if addr.port() == 0 {
                 return Err(format!("{s:?}: port 0 is not a destination"));

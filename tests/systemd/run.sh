@@ -284,6 +284,82 @@ enrol() { net python3 "$here/client.py" post 7443 /v1/enrol "$croot$ca_home/ca/c
 check "online CA: a token made by root enrols a host (200)" test "$(enrol)" = 200
 check "online CA: the same token again is refused (403)" test "$(enrol)" = 403
 check "online CA: the journal names each issuance" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@ca | grep -q 'online CA: certificate issued (enrolment)'"
+
+# --- A host that renews by itself under the unit's sandbox (README, -------
+# "Renewal that runs itself (a host)"): enrolled into its StateDirectory as
+# the dctunnel user with a token; then given a certificate already two
+# thirds through its lifetime, which the daemon renews and replaces where
+# ProtectSystem=strict lets it write. Files under /etc are refused at start.
+h_home=/var/lib/dctunnel/h1
+inside install -d -o dctunnel -g dctunnel -m 0700 "$h_home"
+token=$(inside dctunnel certs token --ca "$ca_home/ca" --name h2.test --ip 127.0.0.1 --ttl 5m 2>/dev/null)
+check "renewal: certs enrol as the dctunnel user, into the StateDirectory" inside runuser -u dctunnel -- \
+    env DCTUNNEL_TOKEN="$token" dctunnel certs enrol --ca-service 127.0.0.1:7443 --server-name ca.test \
+    --name h2.test --ip 127.0.0.1 --out "$h_home"
+check "renewal: the enrolled key is 0600, owned by dctunnel" inside sh -c "[ \"\$(stat -c %a:%U $h_home/h2.test.key)\" = 600:dctunnel ]"
+# A certificate for the same names, due for renewal (day 21 of 30).
+python3 - "$croot$ca_home/ca/ca.pem" "$croot$ca_home/ca/ca.key" "$croot$h_home" <<'PY'
+import datetime, ipaddress, os, sys
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+ca_pem, ca_key_pem, out = sys.argv[1:4]
+ca = x509.load_pem_x509_certificate(open(ca_pem, "rb").read())
+ca_key = serialization.load_pem_private_key(open(ca_key_pem, "rb").read(), None)
+key = ec.generate_private_key(ec.SECP256R1())
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (
+    x509.CertificateBuilder()
+    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "h2.test")]))
+    .issuer_name(ca.subject)
+    .public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=21))
+    .not_valid_after(now + datetime.timedelta(days=9))
+    .add_extension(x509.SubjectAlternativeName(
+        [x509.DNSName("h2.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+    .add_extension(x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+    .sign(ca_key, hashes.SHA256())
+)
+fd = os.open(out + "/h2.test.key.new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()))
+os.close(fd)
+os.replace(out + "/h2.test.key.new", out + "/h2.test.key")
+open(out + "/h2.test.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+PY
+inside chown dctunnel:dctunnel "$h_home/h2.test.key" "$h_home/h2.test.pem"
+renewal_config() { # folder
+    printf '[[service]]\nname = "tls"\nmode = "server"\nlisten = "127.0.0.1:%s"\nconnect = "127.0.0.1:6379"\n' "$2"
+    printf 'ca = "%s/ca.pem"\ncert = "%s/h2.test.pem"\nkey = "%s/h2.test.key"\nallow_peers = ["*"]\n\n' "$1" "$1" "$1"
+    printf '[renewal]\nca_service = "127.0.0.1:7443"\nserver_name = "ca.test"\n'
+    printf 'cert = "%s/h2.test.pem"\nkey = "%s/h2.test.key"\nca = "%s/ca.pem"\n' "$1" "$1" "$1"
+}
+renewal_config "$h_home" 7601 >"$work/h1.toml"
+inside install -m 644 /mnt/t/h1.toml /etc/dctunnel/h1.toml
+for i in h1 h3; do
+    inside mkdir -p "/run/systemd/system/dctunnel@$i.service.d"
+    inside sh -c "printf '[Service]\nLoadCredential=\n' >/run/systemd/system/dctunnel@$i.service.d/nokey.conf"
+done
+inside systemctl daemon-reload
+before=$(inside sha256sum "$h_home/h2.test.pem" "$h_home/h2.test.key")
+check "renewal: systemctl start dctunnel@h1" inside systemctl start dctunnel@h1
+h1_journal() { inside journalctl -q -o cat -u dctunnel@h1 --no-pager; }
+renewed() { h1_journal | grep -q 'renewed certificate in use'; }
+check "renewal: renewed and in use, without a restart or a signal" wait_until 30 renewed
+check "renewal: new certificate and key in the StateDirectory" test "$(inside sha256sum "$h_home/h2.test.pem" "$h_home/h2.test.key" | cut -c1-64)" != "$(printf '%s\n' "$before" | cut -c1-64)"
+check "renewal: the new key is 0600, owned by dctunnel; nothing left pending" inside sh -c "[ \"\$(stat -c %a:%U $h_home/h2.test.key)\" = 600:dctunnel ] && ! ls -A $h_home | grep -q pending"
+check "renewal: still one process" test "$(inside systemctl show -P NRestarts dctunnel@h1)" = 0
+inside systemctl stop dctunnel@h1
+# The same files under /etc, owned by dctunnel: read-only under the sandbox.
+inside install -d -o dctunnel -g dctunnel -m 0700 /etc/dctunnel/h3
+inside sh -c "cp -p $h_home/h2.test.pem $h_home/h2.test.key $h_home/ca.pem /etc/dctunnel/h3/"
+renewal_config /etc/dctunnel/h3 7602 >"$work/h3.toml"
+inside install -m 644 /mnt/t/h3.toml /etc/dctunnel/h3.toml
+check "renewal: files under /etc are refused at start (ProtectSystem=strict)" sh -c "! nsenter -t $pid -a systemctl start dctunnel@h3"
+check "renewal: the journal names the folder it cannot write" sh -c "nsenter -t $pid -a journalctl -q -o cat -u dctunnel@h3 | grep -q 'cannot write to /etc/dctunnel/h3'"
 inside systemctl stop dctunnel@ca
 
 # --- Removing and purging the package leaves nothing running ---------------
