@@ -5,6 +5,7 @@
 //!   bounded, PEM read strictly, no content ever quoted in a message.
 //! - [`tls`]: rustls configurations, peer verification (CA, CRL, pins, allowed names).
 //! - [`service`]: the accept loop and the life of one connection.
+//! - [`close`]: how a connection ended (phase, cause) and its one log line.
 //! - [`connections`]: the live record of open connections, limits and counters.
 //! - [`refusals`]: summarises repeated refusals in the log.
 //! - [`targets`]: connect addresses that failed lately, skipped and probed
@@ -49,6 +50,7 @@ pub mod ca_client;
 pub mod ca_service;
 pub mod certs;
 pub mod check;
+pub mod close;
 pub mod config;
 pub mod connections;
 pub mod control;
