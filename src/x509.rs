@@ -131,7 +131,11 @@ pub fn spki_pin(cert_der: &[u8]) -> Result<String, X509Error> {
 
 /// The pin of a DER SubjectPublicKeyInfo; see [`spki_pin`].
 pub fn spki_pin_of_spki(spki_der: &[u8]) -> String {
-    let digest = Sha256::digest(spki_der);
+    pin_text(&Sha256::digest(spki_der).into())
+}
+
+/// A SHA-256 key digest written as a pin: `sha256/` and its base64.
+pub fn pin_text(digest: &[u8; 32]) -> String {
     format!(
         "sha256/{}",
         base64::engine::general_purpose::STANDARD.encode(digest)

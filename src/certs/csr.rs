@@ -358,15 +358,7 @@ impl CheckedRequest {
     /// Every name asked for, as certificates' names are compared: DNS names
     /// lowercased without a final dot, IP addresses in their text form.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::iter::once(&self.name)
-            .chain(&self.dns)
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
-        v.extend(self.ips.iter().map(IpAddr::to_string));
-        // The host name is usually also the first DNS name.
-        let mut seen = std::collections::HashSet::new();
-        v.retain(|n| seen.insert(n.clone()));
-        v
+        names_as_compared(&self.name, &self.dns, &self.ips)
     }
 
     /// Signs with `ca` for `lifetime` (from now; `notBefore` is set back a
@@ -412,6 +404,21 @@ fn request_params(opts: &RequestOptions) -> Result<CertificateParams, CertsError
     let mut params = host_params(&host)?;
     params.serial_number = None;
     Ok(params)
+}
+
+/// A host's names as the online CA compares them (a request's with a
+/// certificate's or a token's): DNS names lowercased without a final dot,
+/// IP addresses in their text form, each once.
+pub fn names_as_compared(name: &str, dns: &[String], ips: &[IpAddr]) -> Vec<String> {
+    let mut v: Vec<String> = std::iter::once(name)
+        .chain(dns.iter().map(String::as_str))
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    v.extend(ips.iter().map(IpAddr::to_string));
+    // The host name is usually also the first DNS name.
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|n| seen.insert(n.clone()));
+    v
 }
 
 /// A requested DNS name, checked as `sign` wants it: exact, valid.

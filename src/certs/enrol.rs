@@ -186,7 +186,7 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
 pub fn pinned_client(pin: [u8; 32]) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = PinnedCa {
-        pin: pin_text(&pin),
+        pin: x509::pin_text(&pin),
         provider: provider.clone(),
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -197,14 +197,6 @@ pub fn pinned_client(pin: [u8; 32]) -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Arc::new(config)
-}
-
-fn pin_text(pin: &[u8; 32]) -> String {
-    use base64::Engine as _;
-    format!(
-        "sha256/{}",
-        base64::engine::general_purpose::STANDARD.encode(pin)
-    )
 }
 
 /// The CA service's certificate is accepted if the chain it presents holds
@@ -337,7 +329,7 @@ mod tests {
         name: &str,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let v = PinnedCa {
-            pin: pin_text(&pin),
+            pin: x509::pin_text(&pin),
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         };
         let name = ServerName::try_from(name.to_owned()).unwrap();

@@ -80,10 +80,7 @@ impl Token {
 
     /// The CA pin as dctunnel writes pins (`sha256/…`).
     pub fn ca_pin_text(&self) -> String {
-        format!(
-            "sha256/{}",
-            base64::engine::general_purpose::STANDARD.encode(self.ca_pin)
-        )
+        x509::pin_text(&self.ca_pin)
     }
 
     /// The token's identifier (not secret): names its record, and the logs.
@@ -130,15 +127,7 @@ impl Grant {
     /// Every name granted, as certificate identities are compared: DNS names
     /// lowercased, IP addresses in their usual text form.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::iter::once(&self.name)
-            .chain(&self.dns)
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
-        v.extend(self.ips.iter().map(IpAddr::to_string));
-        // The host name is usually also the first DNS name.
-        let mut seen = std::collections::HashSet::new();
-        v.retain(|n| seen.insert(n.clone()));
-        v
+        super::csr::names_as_compared(&self.name, &self.dns, &self.ips)
     }
 }
 
