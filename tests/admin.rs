@@ -861,27 +861,8 @@ async fn dashboard_and_alerts_use_exported_metrics() {
     let mut c = TcpStream::connect(t.entrance).await.unwrap();
     assert_eq!(roundtrip(&mut c, b"hello").await, b"hello");
     // And an online CA, whose metrics only a `mode = "ca"` service has.
-    let dir = tempfile::tempdir().unwrap();
-    let ca_dir = dir.path().join("ca");
-    certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
-    let svc_dir = dir.path().join("svc");
-    certs_cli(&[
-        "issue",
-        "--ca",
-        ca_dir.to_str().unwrap(),
-        "--name",
-        "ca.test",
-        "--out",
-        svc_dir.to_str().unwrap(),
-    ]);
-    let svc = host_files(&svc_dir, "ca.test");
-    let (_ca_config, ca) = start_daemon(&format!(
-        "[[service]]\nname = \"online-ca\"\nmode = \"ca\"\nlisten = \"127.0.0.1:0\"\n\
-         cert = \"{}\"\nkey = \"{}\"\nca_dir = \"{}\"\n",
-        svc.cert.display(),
-        svc.key.display(),
-        ca_dir.display()
-    ));
+    let folder = common::CaFolder::new();
+    let (_ca_config, ca) = start_daemon(&folder.service("online-ca", "127.0.0.1:0", ""));
     // And renewal figures, which the renewal task ([renewal], in
     // `process::run`) records.
     t.daemon.view().update_renewal(|r| {

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 /// A CA folder, the CA service's own certificate, and the daemon serving it.
 struct OnlineCa {
-    dir: tempfile::TempDir,
+    folder: common::CaFolder,
     ca_dir: PathBuf,
     proc: Proc,
     addr: SocketAddr,
@@ -23,47 +23,15 @@ struct OnlineCa {
 
 impl OnlineCa {
     fn start(extra: &str) -> OnlineCa {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_dir = dir.path().join("ca");
-        certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
-        let svc_dir = dir.path().join("svc");
-        certs_cli(&[
-            "issue",
-            "--ca",
-            ca_dir.to_str().unwrap(),
-            "--name",
-            "ca.test",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-            svc_dir.to_str().unwrap(),
-        ]);
-        let svc = host_files(&svc_dir, "ca.test");
-        let config = dir.path().join("ca.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[[service]]
-name = "online-ca"
-mode = "ca"
-listen = "127.0.0.1:0"
-cert = "{}"
-key = "{}"
-ca_dir = "{}"
-lifetime = "2d"
-{extra}
-"#,
-                svc.cert.display(),
-                svc.key.display(),
-                ca_dir.display()
-            ),
-        )
-        .unwrap();
+        let folder = common::CaFolder::new();
+        let config = folder.dir.path().join("ca.toml");
+        let extra = format!("lifetime = \"2d\"\n{extra}");
+        std::fs::write(&config, folder.service("online-ca", "127.0.0.1:0", &extra)).unwrap();
         let mut proc = Proc::start(&config, "");
         let addr = proc.listening("online-ca");
         OnlineCa {
-            dir,
-            ca_dir,
+            ca_dir: folder.ca_dir.clone(),
+            folder,
             proc,
             addr,
         }
@@ -71,7 +39,7 @@ lifetime = "2d"
 
     /// A host certificate from this CA, made the offline way.
     fn host(&self, name: &str) -> HostCert {
-        let out = self.dir.path().join("hosts");
+        let out = self.folder.dir.path().join("hosts");
         certs_cli(&[
             "issue",
             "--ca",
@@ -88,7 +56,7 @@ lifetime = "2d"
 
     /// A request for a new key with the names of `cert` (`certs renew`).
     fn renewal_request(&self, cert: &Path) -> Vec<u8> {
-        let out = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
+        let out = tempfile::tempdir_in(self.folder.dir.path()).unwrap().keep();
         certs_cli(&[
             "renew",
             "--cert",
@@ -106,7 +74,7 @@ lifetime = "2d"
 
     /// A request for `name` with a new key (`certs request`).
     fn request(&self, name: &str, ip: Option<&str>) -> Vec<u8> {
-        let out = tempfile::tempdir_in(self.dir.path()).unwrap().keep();
+        let out = tempfile::tempdir_in(self.folder.dir.path()).unwrap().keep();
         let mut args = vec!["request", "--name", name, "--out", out.to_str().unwrap()];
         if let Some(ip) = ip {
             args.extend(["--ip", ip]);
@@ -313,7 +281,7 @@ async fn revoked_expired_and_foreign_certificates_cannot_renew() {
     assert!(body.contains("is revoked"), "{body}");
 
     // Expired: signed by this CA's key, but out of date.
-    let expired = expired_host(&ca.ca_dir, ca.dir.path(), "db3.test");
+    let expired = expired_host(&ca.ca_dir, ca.folder.dir.path(), "db3.test");
     let csr = ca.renewal_request(&expired.cert);
     let answer = ca.post("/v1/renew", Some(&expired), None, &csr).await;
     assert!(
@@ -601,20 +569,8 @@ async fn allow_peers_limits_who_may_renew() {
 
 #[test]
 fn ca_service_configuration_problems_name_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_dir = dir.path().join("ca");
-    certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
-    let svc = dir.path().join("svc");
-    certs_cli(&[
-        "issue",
-        "--ca",
-        ca_dir.to_str().unwrap(),
-        "--name",
-        "ca.test",
-        "--out",
-        svc.to_str().unwrap(),
-    ]);
-    let svc = host_files(&svc, "ca.test");
+    let folder = common::CaFolder::new();
+    let (ca_dir, svc) = (&folder.ca_dir, &folder.svc);
     let service = |extra: &str| {
         format!(
             "[[service]]\nname = \"ca\"\nmode = \"ca\"\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",

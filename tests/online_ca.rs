@@ -23,9 +23,7 @@ const FAST_RETRY: &str = "export DCTUNNEL_RENEWAL_RETRY=200ms;";
 /// A CA folder made by `certs init-ca`, the CA service's certificate, and
 /// the CA service when it runs.
 struct Ca {
-    dir: tempfile::TempDir,
-    ca_dir: PathBuf,
-    svc: HostCert,
+    folder: common::CaFolder,
     config: PathBuf,
     proc: Option<Proc>,
     /// Where it listens, as written in its file, and as bound.
@@ -35,26 +33,10 @@ struct Ca {
 
 impl Ca {
     fn new() -> Ca {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_dir = dir.path().join("ca");
-        certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
-        let svc_dir = dir.path().join("svc");
-        certs_cli(&[
-            "issue",
-            "--ca",
-            ca_dir.to_str().unwrap(),
-            "--name",
-            "ca.test",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-            svc_dir.to_str().unwrap(),
-        ]);
+        let folder = common::CaFolder::new();
         Ca {
-            svc: host_files(&svc_dir, "ca.test"),
-            config: dir.path().join("ca.toml"),
-            dir,
-            ca_dir,
+            config: folder.dir.path().join("ca.toml"),
+            folder,
             proc: None,
             listen: String::new(),
             addr: None,
@@ -62,21 +44,8 @@ impl Ca {
     }
 
     fn text(&self, listen: &str, allow_sources: &str) -> String {
-        format!(
-            r#"[[service]]
-name = "online-ca"
-mode = "ca"
-listen = "{listen}"
-allow_sources = ["{allow_sources}"]
-cert = "{}"
-key = "{}"
-ca_dir = "{}"
-lifetime = "2d"
-"#,
-            self.svc.cert.display(),
-            self.svc.key.display(),
-            self.ca_dir.display()
-        )
+        let extra = format!("allow_sources = [\"{allow_sources}\"]\nlifetime = \"2d\"");
+        self.folder.service("online-ca", listen, &extra)
     }
 
     /// Starts the CA service on `listen` ("127.0.0.1:0" for any port),
@@ -107,16 +76,16 @@ lifetime = "2d"
     }
 
     fn ca_pem(&self) -> PathBuf {
-        self.ca_dir.join("ca.pem")
+        self.folder.ca_dir.join("ca.pem")
     }
 
     /// A client certificate for the test's own connections.
     fn client(&self) -> HostCert {
-        let out = self.dir.path().join("client");
+        let out = self.folder.dir.path().join("client");
         certs_cli(&[
             "issue",
             "--ca",
-            self.ca_dir.to_str().unwrap(),
+            self.folder.ca_dir.to_str().unwrap(),
             "--name",
             "client.test",
             "--out",
@@ -130,7 +99,7 @@ lifetime = "2d"
     fn host(&self, name: &str, from: time::Duration, to: time::Duration) -> HostCert {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
         let ca_key =
-            KeyPair::from_pem(&std::fs::read_to_string(self.ca_dir.join("ca.key")).unwrap())
+            KeyPair::from_pem(&std::fs::read_to_string(self.folder.ca_dir.join("ca.key")).unwrap())
                 .unwrap();
         let ca_pem = std::fs::read_to_string(self.ca_pem()).unwrap();
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
@@ -149,7 +118,7 @@ lifetime = "2d"
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &issuer).unwrap();
-        let out = self.dir.path().join(name);
+        let out = self.folder.dir.path().join(name);
         std::fs::create_dir_all(&out).unwrap();
         let h = host_files(&out, name);
         std::fs::write(&h.cert, cert.pem()).unwrap();
@@ -381,7 +350,7 @@ async fn a_revoked_certificate_cannot_renew_and_the_host_carries_on() {
     certs_cli(&[
         "revoke",
         "--ca",
-        ca.ca_dir.to_str().unwrap(),
+        ca.folder.ca_dir.to_str().unwrap(),
         host.cert.to_str().unwrap(),
     ]);
     let before = (
@@ -519,7 +488,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
     let token = certs_cli(&[
         "token",
         "--ca",
-        ca.ca_dir.to_str().unwrap(),
+        ca.folder.ca_dir.to_str().unwrap(),
         "--name",
         "new.test",
         "--ip",
@@ -527,7 +496,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
     ]);
     let token = token.trim().to_owned();
     let secret = &token[5..];
-    let out = ca.dir.path().join("new");
+    let out = ca.folder.dir.path().join("new");
     let out_s = out.to_str().unwrap();
     let via = ["--ca-service", ca_addr.as_str(), "--server-name", "ca.test"];
     let leaks = |text: &str| text.contains(secret) || text.contains("PRIVATE KEY");
@@ -588,7 +557,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
     );
 
     // Once only.
-    let again = ca.dir.path().join("again");
+    let again = ca.folder.dir.path().join("again");
     let again_args = [
         &via[..],
         &["--name", "new.test", "--out", again.to_str().unwrap()],
@@ -600,7 +569,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
     assert!(!again.join("new.test.key").exists());
 
     // A token pinning another CA: the host refuses this CA service.
-    let other = ca.dir.path().join("other-ca");
+    let other = ca.folder.dir.path().join("other-ca");
     certs_cli(&["init-ca", "--dir", other.to_str().unwrap()]);
     let foreign = certs_cli(&[
         "token",
@@ -609,7 +578,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
         "--name",
         "new.test",
     ]);
-    let elsewhere = ca.dir.path().join("elsewhere");
+    let elsewhere = ca.folder.dir.path().join("elsewhere");
     let (ok, _, stderr) = enrol(
         foreign.trim(),
         &[
@@ -626,7 +595,7 @@ async fn a_token_enrols_once_and_only_for_its_names() {
 
     // The enrolled files are what [renewal] takes.
     let backend = echo_backend().await;
-    let config = ca.dir.path().join("new.toml");
+    let config = ca.folder.dir.path().join("new.toml");
     std::fs::write(
         &config,
         format!(

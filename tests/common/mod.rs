@@ -692,3 +692,51 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     c.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// A CA folder made by the real `dctunnel certs init-ca`, with the
+/// certificate of an online CA service (`ca.test`, IP 127.0.0.1) issued
+/// from it: what a `mode = "ca"` service needs.
+pub struct CaFolder {
+    pub dir: tempfile::TempDir,
+    /// The CA folder: ca.pem, ca.key (0600), later ca.crl, issued.log…
+    pub ca_dir: PathBuf,
+    /// The CA service's own certificate and key.
+    pub svc: HostCert,
+}
+
+impl CaFolder {
+    pub fn new() -> CaFolder {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        certs_cli(&["init-ca", "--dir", ca_dir.to_str().unwrap()]);
+        let svc_dir = dir.path().join("svc");
+        certs_cli(&[
+            "issue",
+            "--ca",
+            ca_dir.to_str().unwrap(),
+            "--name",
+            "ca.test",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            svc_dir.to_str().unwrap(),
+        ]);
+        CaFolder {
+            svc: host_files(&svc_dir, "ca.test"),
+            dir,
+            ca_dir,
+        }
+    }
+
+    /// A `mode = "ca"` service named `name` on `listen`, with `extra`
+    /// lines (lifetime, allow_sources, …).
+    pub fn service(&self, name: &str, listen: &str, extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"{name}\"\nmode = \"ca\"\nlisten = \"{listen}\"\n\
+             cert = \"{}\"\nkey = \"{}\"\nca_dir = \"{}\"\n{extra}\n",
+            self.svc.cert.display(),
+            self.svc.key.display(),
+            self.ca_dir.display()
+        )
+    }
+}
