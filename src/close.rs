@@ -182,8 +182,32 @@ pub(crate) enum Cause {
     LimitReached,
     /// A peer stopped acknowledging (`ETIMEDOUT` while forwarding): the
     /// `dead_peer_timeout` in force, `None` if it is off.
-    #[error("peer unreachable")]
+    #[error("{}", dead_peer_text(*.0))]
     DeadPeer(Option<Duration>),
+}
+
+impl Cause {
+    /// The cause of an I/O error on a leg with dead-peer detection:
+    /// `ETIMEDOUT` there is the user timeout or keepalive giving up on a
+    /// peer that vanished (`dead_peer_timeout`, or `None` if it is off).
+    pub(crate) fn across(e: io::Error, dead_peer_timeout: Option<Duration>) -> Cause {
+        if e.kind() == io::ErrorKind::TimedOut {
+            Cause::DeadPeer(dead_peer_timeout)
+        } else {
+            Cause::Io(e)
+        }
+    }
+}
+
+fn dead_peer_text(limit: Option<Duration>) -> String {
+    match limit {
+        Some(limit) => {
+            format!("peer unreachable: no acknowledgement within {limit:?} (dead_peer_timeout)")
+        }
+        None => "peer unreachable: no acknowledgement before the kernel gave up \
+                 (dead_peer_timeout is off)"
+            .to_owned(),
+    }
 }
 
 /// Why a connection ended early: the phase and the cause. Its Display is
@@ -275,14 +299,7 @@ impl fmt::Display for ConnError {
             (Phase::SendStart, _) => write!(f, "cannot send the start message: {cause}"),
             (Phase::ProxyHeader, _) => write!(f, "cannot send the PROXY header: {cause}"),
             (Phase::Forward, Cause::TimedOut(idle)) => write!(f, "idle for {idle:?}"),
-            (_, Cause::DeadPeer(Some(limit))) => write!(
-                f,
-                "peer unreachable: no acknowledgement within {limit:?} (dead_peer_timeout)"
-            ),
-            (_, Cause::DeadPeer(None)) => f.write_str(
-                "peer unreachable: no acknowledgement before the kernel gave up \
-                 (dead_peer_timeout is off)",
-            ),
+            (_, Cause::DeadPeer(_)) => write!(f, "{cause}"),
             (Phase::Forward, _) => write!(f, "forwarding failed: {cause}"),
             (Phase::Connect | Phase::Shutdown, _) => write!(f, "{cause}"),
         }

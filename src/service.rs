@@ -418,7 +418,12 @@ async fn wait_for_start(
     };
     let start = match start {
         Err(_) => return Err(ConnError::new(Phase::Start, Cause::TimedOut(limit))),
-        Ok(Err(start::ReadError::Io(e))) => return Err(ConnError::new(Phase::Start, e.into())),
+        Ok(Err(start::ReadError::Io(e))) => {
+            // A warm connection waits here longest: a link that dies
+            // meanwhile is found by dead-peer detection, and said so.
+            let cause = Cause::across(e, service.dead_peer_timeout);
+            return Err(ConnError::new(Phase::Start, cause));
+        }
         Ok(Err(start::ReadError::Start(e))) => {
             return Err(ConnError::new(Phase::Start, Cause::BadStart(e)))
         }
@@ -645,12 +650,10 @@ where
     match end {
         End::Finished => Ok(()),
         End::Idle(idle) => Err(ConnError::new(Phase::Forward, Cause::TimedOut(idle))),
-        // ETIMEDOUT: the user timeout or keepalive gave up on a peer.
-        End::Error(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnError::new(
+        End::Error(e) => Err(ConnError::new(
             Phase::Forward,
-            Cause::DeadPeer(service.dead_peer_timeout),
+            Cause::across(e, service.dead_peer_timeout),
         )),
-        End::Error(e) => Err(ConnError::new(Phase::Forward, e.into())),
     }
 }
 

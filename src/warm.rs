@@ -186,6 +186,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Held {
     Taken,
     Dead(String),
+    /// Dead-peer detection gave up on the remote: the link, or the remote
+    /// host, is gone; why.
+    Unreachable(String),
     Expired,
     Stopped,
 }
@@ -247,6 +250,14 @@ async fn keep(inner: Arc<Inner>, slot: usize) {
             }
             // The remote restarted, or refuses this host after the
             // handshake (TLS 1.3 tells a client so only then).
+            // Something an operator must hear of, even in a run of
+            // failures: the link or the remote host is gone.
+            Turn::Held(Held::Unreachable(why)) => {
+                warn!(service = %service.name, remote = %crate::config::Targets(&service.connect), why,
+                    "warm connections: lost one before use, the remote stopped answering; \
+                     opening others with a growing pause while this goes on");
+                why
+            }
             Turn::Held(Held::Dead(why)) => {
                 if !failing {
                     info!(service = %service.name, why,
@@ -305,6 +316,7 @@ async fn turn(inner: &Inner) -> Turn {
         Held::Taken => debug!("warm connection taken"),
         Held::Expired => debug!("warm connection replaced at its age limit"),
         Held::Dead(why) => debug!(why, "warm connection closed by the remote before use"),
+        Held::Unreachable(why) => debug!(why, "warm connection lost before use"),
         Held::Stopped => {}
     }
     Turn::Held(held)
@@ -351,6 +363,10 @@ async fn hold(inner: &Inner, mut warm: Warm, expires: Instant) -> Held {
         Event::Read(Ok(0)) => Held::Dead("the server end closed it".to_owned()),
         Event::Read(Ok(_)) => {
             Held::Dead("the server end sent data before the start message".into())
+        }
+        Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            let limit = inner.service.dead_peer_timeout;
+            Held::Unreachable(crate::close::Cause::DeadPeer(limit).to_string())
         }
         Event::Read(Err(e)) => Held::Dead(e.to_string()),
         Event::Expired => Held::Expired,

@@ -563,9 +563,10 @@ check_warm_across_delay() {
 # once the link is back the pool refills and a connection goes through it.
 check_warm_blackhole() {
     local table=dctn_warmdead ok=0 dead_c dead_s before_c before_s started took
-    dead_c='warm\{service=warmdead .*warm connection closed by the remote before use.*timed out'
-    # Waiting for their start message on the server end.
-    dead_s='conn\{service=warmdead .*connection closed.*(timed out|dead_peer_timeout)'
+    dead_c='warm\{service=warmdead .*warm connection lost before use.*dead_peer_timeout'
+    # Waiting for their start message on the server end: the close reason
+    # names the dead peer, as for a connection in use.
+    dead_s='conn\{service=warmdead .*waiting for the start message: peer unreachable.*dead_peer_timeout'
     pool_full warmdead warmdead 2 || return 1
     before_c=$(grep -Ec -- "$dead_c" "$work/client.log" || true)
     before_s=$(grep -Ec -- "$dead_s" "$work/server.log" || true)
@@ -580,6 +581,8 @@ check_warm_blackhole() {
         echo "    both warm connections found dead on the client end ${took}s after the blackhole, and on the server end (dead_peer_timeout 3s)"
     fi
     grep -E -- "$dead_c" "$work/client.log" | tail -n 1 | sed 's/.*before use/      client end:/' | cut -c1-160
+    # And the pool says so at warn, once, whatever the slots were doing.
+    grep -q 'WARN.*warm connections: lost one before use, the remote stopped answering' "$work/client.log" || ok=1
     grep -E -- "$dead_s" "$work/server.log" | tail -n 1 | sed 's/.*connection closed/      server end: connection closed/' | cut -c1-160
     unblackhole "$table"
     # The pool refills (the slots retry with a growing pause), and is used.
