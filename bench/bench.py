@@ -49,9 +49,10 @@ FULL = {
     # of connect, PING, reply, close.
     "wan_rate_clients": 8,
     "wan_rate_seconds": 5.0,
-    # dctunnel-warm's pool: a warm connection in use lasts one round trip
-    # (10 ms) but its replacement takes about 2.5 (connect, handshake), so
-    # a client needs about 3.5 slots to always find one ready: 4 per client.
+    # dctunnel-warm's pool: a client takes a warm connection about every
+    # round trip (10 ms), and a slot needs about 2.5 (connect, handshake
+    # over the relay) to replace it, so a client needs about 2.5 slots to
+    # always find one ready: 4 per client leave room.
     "warm_connections": 32,
 }
 QUICK = {
