@@ -40,6 +40,20 @@ FULL = {
     "held_conns": 9000,
     "wan_conns": 40,
     "wan_delay_ms": 5.0,
+    # After each timed connection, every row waits this long untimed, so
+    # that dctunnel-warm's pool has replaced the connection just taken
+    # (a replacement costs one connect and one handshake over the relay,
+    # about 25 ms).
+    "wan_pause_ms": 60,
+    # New connections over the relay: clients in parallel, each in a loop
+    # of connect, PING, reply, close.
+    "wan_rate_clients": 8,
+    "wan_rate_seconds": 5.0,
+    # dctunnel-warm's pool: a client takes a warm connection about every
+    # round trip (10 ms), and a slot needs about 2.5 (connect, handshake
+    # over the relay) to replace it, so a client needs about 2.5 slots to
+    # always find one ready: 4 per client leave room.
+    "warm_connections": 32,
 }
 QUICK = {
     **FULL,
@@ -51,6 +65,7 @@ QUICK = {
     # Above the usual soft limit of 1,024 descriptors: checks the raise.
     "held_conns": 1500,
     "wan_conns": 8,
+    "wan_rate_seconds": 1.0,
 }
 
 WORKLOADS = ["carry", "mtls", "bulk", "connrate", "keepalive", "memory", "wan"]
@@ -117,6 +132,7 @@ class Env:
         self.pki = None
         self.redis_port = None
         self.iperf_port = None
+        self.warm_connections = 0
 
 
 def run_cmd(argv, timeout):
@@ -136,12 +152,18 @@ class Suite:
         self.args = args
         self.s = settings
         self.env = env
-        self.peers = peers
+        # Every peer started; `peers` are those of every workload, the
+        # others (dctunnel-warm) are measured in the WAN workload only.
+        self.all_peers = peers
         self.backends = backends
         self.checks = Checks()
         self.metrics = Metrics()
         self.extra = {}
         self.commands = {}
+
+    @property
+    def peers(self):
+        return [p for p in self.all_peers if not p.wan_only]
 
     def tls_peers(self):
         return [p for p in self.peers if p.tls]
@@ -150,7 +172,7 @@ class Suite:
         return [p for p in self.peers if p.name != "direct"]
 
     def ensure_alive(self, workload):
-        for p in self.peers:
+        for p in self.all_peers:
             if not p.alive():
                 self.checks.note(workload, p.name, False, "a tunnel process died")
                 log(f"  restarting {p.name} (a process died; see {self.env.logs})")
@@ -159,8 +181,10 @@ class Suite:
     # 0. every entrance answers at all
     def carry(self):
         log("== carry: one PING through each entrance")
-        for p in self.peers:
+        for p in self.all_peers:
             for entrance in ("redis", "redis_full", "iperf", "wan"):
+                if entrance not in p.entrance:
+                    continue
                 if entrance == "iperf":
                     ok = self.iperf_ok(p.entrance["iperf"])
                 else:
@@ -397,32 +421,98 @@ class Suite:
                 pool.loop.close()
             p.restart()
 
-    # 5. first byte over a simulated WAN
+    # 5. first byte, and new connections per second, over a simulated WAN
+    def wan_rows(self):
+        """(row name, peer, entrance port) of every peer's `wan` entrance,
+        dctunnel-warm right after dctunnel."""
+        return [(p.name, p, p.entrance["wan"]) for p in self.all_peers
+                if p.name != "haproxy-plain"]
+
+    def warm_used(self, row, peer):
+        return peer.warm_used() if hasattr(peer, "warm_used") else None
+
+    def note_warm(self, key, row, peer, before, taken):
+        """Records how many of the row's connections took a warm one."""
+        if before is None:
+            return
+        after = self.warm_used(row, peer)
+        if after is None:
+            return
+        used = self.extra.setdefault("warm_used", {}).setdefault(key, {"used": 0, "conns": 0})
+        used["used"] += after - before
+        used["conns"] += taken
+        return after - before
+
     def wan(self):
         k = self.s["wan_conns"]
         d = self.s["wan_delay_ms"]
-        peers = [p for p in self.peers if p.name != "haproxy-plain"]
+        pause = self.s["wan_pause_ms"] / 1000
+        rows = self.wan_rows()
+        self.extra["wan_rows"] = [r for r, _, _ in rows]
+        self.extra["wan_warm_connections"] = self.env.warm_connections
         self.metrics.define("wan_first_byte", f"connect() to first reply byte, {d:g} ms each way",
                             "ms", "lower", "wan")
         self.commands["wan"] = (
             f"bench/delay_relay.py --delay-ms {d:g} between client end and server end; "
-            f"{k} sequential connections to ENTRANCE, each: connect, PING, time to first byte"
+            f"{k} sequential connections to ENTRANCE, each: connect, PING, time to first byte, "
+            f"then {self.s['wan_pause_ms']:g} ms untimed (every row)"
         )
-        log(f"== first byte over {d:g} ms each way, {k} connections per run")
+        log(f"== first byte over {d:g} ms each way, {k} connections per run, "
+            f"{self.s['wan_pause_ms']:g} ms between them")
         for run in range(self.s["runs"]):
-            for p in peers:
+            for row, p, port in rows:
                 times, errors = [], []
+                before = self.warm_used(row, p)
                 for _ in range(k):
                     try:
-                        times.append(loadgen.first_byte_seconds(p.entrance["wan"]) * 1000)
+                        times.append(loadgen.first_byte_seconds(port) * 1000)
                     except (OSError, RuntimeError) as e:
                         errors.append(repr(e))
-                self.checks.note("wan", p.name, not errors,
+                    time.sleep(pause)
+                warm = self.note_warm("wan_first_byte", row, p, before, k)
+                if warm is not None:
+                    self.checks.note("wan_warm_used", row, warm > 0,
+                                     f"no warm connection used in {k} connections")
+                self.checks.note("wan", row, not errors,
                                  f"{len(errors)} of {k} failed: {errors[:1]}" if errors else "")
                 if times:
-                    self.metrics.add("wan_first_byte", p.name, statistics.median(times))
-                    log(f"  run {run + 1} {p.name:14} median {statistics.median(times):6.2f} ms "
-                        f"(min {min(times):.2f}, max {max(times):.2f})")
+                    self.metrics.add("wan_first_byte", row, statistics.median(times))
+                    log(f"  run {run + 1} {row:14} median {statistics.median(times):6.2f} ms "
+                        f"(min {min(times):.2f}, max {max(times):.2f})"
+                        + (f", {warm} of {k} warm" if warm is not None else ""))
+        self.wan_connrate(rows)
+
+    def wan_connrate(self, rows):
+        c = self.s["wan_rate_clients"]
+        t = self.s["wan_rate_seconds"]
+        d = self.s["wan_delay_ms"]
+        self.metrics.define("wan_connrate", f"new connections/s over the relay, {c} clients",
+                            "conn/s", "higher", "wan")
+        self.commands["wan_connrate"] = (
+            f"bench/loadgen.py conn_loop: {c} clients for {t:g} s, each in a loop: connect to "
+            f"ENTRANCE, PING, read the reply, close (through the {d:g} ms relay)"
+        )
+        log(f"== new connections over the relay, {c} clients, {t:g} s per run")
+        for row, p, port in rows:
+            # Warm-up (every row): the first connections, and dctunnel-warm's
+            # pool grown back to its size, then a pause to refill it.
+            loadgen.conn_loop(port, c, min(1.0, t / 2))
+            time.sleep(0.5)
+        for run in range(self.s["runs"]):
+            for row, p, port in rows:
+                before = self.warm_used(row, p)
+                n, errors = loadgen.conn_loop(port, c, t)
+                warm = self.note_warm("wan_connrate", row, p, before, n)
+                self.checks.note("wan_connrate", row, n > 0 and not errors,
+                                 f"{len(errors)} failed, {n} done: {errors[:1]}")
+                if n:
+                    self.metrics.add("wan_connrate", row, n / t)
+                if warm is not None:
+                    self.checks.note("wan_warm_used", row, warm > 0,
+                                     f"no warm connection used in {n} connections")
+                log(f"  run {run + 1} {row:14} {n / t:8.0f} conn/s ({n} done, "
+                    f"{len(errors)} failed)" + (f", {warm} of {n} warm" if warm is not None else ""))
+                time.sleep(0.5)
 
 
 # ---------------------------------------------------------------- backends
@@ -538,7 +628,8 @@ def main():
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--peers", default=",".join(c.name for c in P.PEERS),
-                    help="comma-separated subset of peers (dctunnel is always included)")
+                    help="comma-separated subset of peers (dctunnel and dctunnel-warm are always "
+                    "included)")
     ap.add_argument("--out", type=Path, help="where RESULTS.md, results.json and results.png go")
     ap.add_argument("--dctunnel", type=Path, default=REPO / "target" / "release" / "dctunnel")
     ap.add_argument("--command", default="bench/run", help="command line to record in the report")
@@ -551,7 +642,7 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w!r}")
-    wanted = set(args.peers.split(",")) | {"dctunnel"}
+    wanted = set(args.peers.split(",")) | {"dctunnel", "dctunnel-warm"}
     out = args.out or (BENCH / "out" / "quick" if args.quick else BENCH)
     out.mkdir(parents=True, exist_ok=True)
     work = BENCH / "out" / ("work-quick" if args.quick else "work")
@@ -565,6 +656,7 @@ def main():
 
     started = time.monotonic()
     env = Env(work, args.dctunnel.resolve())
+    env.warm_connections = settings["warm_connections"]
     env.pki = Pki(work / "pki", env.dctunnel)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -147,3 +147,43 @@ class IdlePool:
 
     def __len__(self):
         return len(self.conns)
+
+
+def conn_loop(port, clients, seconds, timeout=10.0):
+    """`clients` loops in parallel for `seconds`, each: connect, PING, read
+    +PONG, close. Returns (connections completed, list of errors); one that
+    is under way when the time is up is not counted."""
+
+    async def one_client(deadline, errors):
+        done = 0
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            w = None
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+                w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                w.write(PING)
+                got = await asyncio.wait_for(r.readexactly(len(PONG)), timeout)
+                if got != PONG:
+                    raise RuntimeError(f"got {got!r}")
+                if loop.time() < deadline:
+                    done += 1
+            except (OSError, RuntimeError, asyncio.TimeoutError,
+                    asyncio.IncompleteReadError) as e:
+                errors.append(repr(e))
+                if len(errors) > 100:
+                    return done
+            finally:
+                if w is not None:
+                    w.close()
+        return done
+
+    async def go():
+        errors = []
+        deadline = asyncio.get_running_loop().time() + seconds
+        counts = await asyncio.gather(*(one_client(deadline, errors) for _ in range(clients)))
+        # Let the closes run.
+        await asyncio.sleep(0.05)
+        return sum(counts), errors
+
+    return asyncio.run(go())

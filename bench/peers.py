@@ -13,6 +13,12 @@ process with the same services:
                  iperf       :A_iperf      -> B_iperf
                  wan         :A_wan -> delay relay -> B_redis
 
+`dctunnel-warm` is a second dctunnel pair for the WAN workload only: its
+client end has the `wan` service alone, with warm connections, and an admin
+endpoint; its server end the `redis` service alone. A pair of its own keeps
+its pool (connections held open, replaced every 45 s) out of the other
+workloads' memory, descriptor and CPU figures of `dctunnel`.
+
 The ceilings: `haproxy-plain` is the same haproxy pair with TLS removed, and
 `direct` has no tunnel at all (its entrances are the backends themselves).
 """
@@ -22,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 CLIENT_NAME = "client.bench"
@@ -151,6 +158,8 @@ class Peer:
     name = "?"
     tls = True
     description = ""
+    # Measured in the WAN workload only.
+    wan_only = False
 
     def __init__(self, env, ports):
         self.env = env
@@ -229,7 +238,7 @@ class Dctunnel(Peer):
             f'ca = "{pki.ca}"\n{ident}\n{extra}\n'
         )
 
-    def _start_ends(self):
+    def _configs(self):
         env = self.env
         server = (
             self._service("redis", "server", self.b_redis, env.redis_port)
@@ -247,6 +256,11 @@ class Dctunnel(Peer):
             + self._service("iperf", "client", self.entrance["iperf"], self.b_iperf)
             + self._service("wan", "client", self.entrance["wan"], self.relay_port)
         )
+        return server, client
+
+    def _start_ends(self):
+        env = self.env
+        server, client = self._configs()
         ends = []
         # Extra top-level TOML for both ends (e.g. "[daemon]\nworker_threads = 1"),
         # to compare daemon settings without editing the suite.
@@ -263,6 +277,55 @@ class Dctunnel(Peer):
                 )
             )
         return ends
+
+
+class DctunnelWarm(Dctunnel):
+    name = "dctunnel-warm"
+    wan_only = True
+
+    @property
+    def description(self):
+        return (
+            "dctunnel with warm connections (WAN workload only): a second dctunnel pair, "
+            f"its client end's `wan` service with `warm_connections = {self.env.warm_connections}`"
+        )
+
+    def __init__(self, env, ports):
+        super().__init__(env, ports)
+        self.entrance = {"wan": self.entrance["wan"]}
+        # Client end's admin endpoint: how many warm connections were used.
+        self.admin_port = ports.take()
+
+    def _end_ports(self):
+        return [[self.b_redis], [self.entrance["wan"], self.admin_port]]
+
+    def _configs(self):
+        env = self.env
+        server = self._service("redis", "server", self.b_redis, env.redis_port)
+        client = f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n\n' + self._service(
+            "wan",
+            "client",
+            self.entrance["wan"],
+            self.relay_port,
+            f"warm_connections = {env.warm_connections}",
+        )
+        return server, client
+
+    def warm_used(self):
+        """Warm connections the client end has put in use so far
+        (dctunnel_warm_connections_used_total), or None if unreadable."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5
+            ) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith("dctunnel_warm_connections_used_total{")
+        )
 
 
 class Stunnel(Peer):
@@ -406,4 +469,4 @@ class Direct(Peer):
         return []
 
 
-PEERS = [Dctunnel, Stunnel, Haproxy, HaproxyPlain, Direct]
+PEERS = [Dctunnel, DctunnelWarm, Stunnel, Haproxy, HaproxyPlain, Direct]

@@ -6,7 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-PEER_ORDER = ["dctunnel", "stunnel", "haproxy", "haproxy-plain", "direct"]
+PEER_ORDER = ["dctunnel", "dctunnel-warm", "stunnel", "haproxy", "haproxy-plain", "direct"]
+# A row of the WAN workload only (dctunnel with warm connections): shown in
+# the tables, compared in its own section, not a peer dctunnel is divided by.
+WARM = "dctunnel-warm"
 
 
 def fmt(x):
@@ -29,7 +32,7 @@ def ratios(metric):
     mine = med.get("dctunnel")
     out = {}
     for peer, v in med.items():
-        if peer != "dctunnel" and mine is not None and v:
+        if peer not in ("dctunnel", WARM) and mine is not None and v:
             out[peer] = mine / v
     return out
 
@@ -53,7 +56,7 @@ def chart(results, path):
     except ImportError:
         print("report: matplotlib missing, no chart", file=sys.stderr)
         return None
-    others = [p for p in peers_of(results) if p != "dctunnel"]
+    others = [p for p in peers_of(results) if p not in ("dctunnel", WARM)]
     colours = {"stunnel": "#d62728", "haproxy": "#1f77b4", "haproxy-plain": "#9ecae1",
                "direct": "#7f7f7f"}
     groups = []
@@ -103,11 +106,55 @@ def chart(results, path):
     return Path(path)
 
 
+def wan_section(results, w):
+    s = results["meta"]["settings"]
+    met = results["metrics"]
+    fb = met.get("wan_first_byte", {}).get("median", {})
+    cr = met.get("wan_connrate", {}).get("median", {})
+    rows = [p for p in PEER_ORDER if p in fb or p in cr]
+    w("## Over the WAN relay\n")
+    w(f"`bench/delay_relay.py` between client end and server end, {s['wan_delay_ms']:g} ms each "
+      f"way (a {2 * s['wan_delay_ms']:g} ms round trip); `direct` is plain TCP over the same "
+      f"relay. `{WARM}` is a second dctunnel pair, the same configuration, through the "
+      f"same relay, with `warm_connections = {results.get('wan_warm_connections', '?')}` on its "
+      "client-end service: a new local connection takes a mutual-TLS connection established before, "
+      "sends its start message and the request at once, and a replacement is opened behind "
+      "it. Medians of the runs, all from this run.\n")
+    w(f"- First reply byte: {s['wan_conns']} sequential connections per row and run "
+      "(connect, PING, time to the first byte of +PONG), each followed by "
+      f"{s.get('wan_pause_ms', 0):g} ms untimed, the same for every row, so that the "
+      "warm pool has replaced the connection just taken.")
+    w(f"- New connections/s: {s.get('wan_rate_clients', '?')} clients in parallel for "
+      f"{s.get('wan_rate_seconds', 0):g} s, each in a loop of connect, PING, read +PONG, close.")
+    w("")
+    w(f"| row | first reply byte (ms) | ÷ direct | {WARM} ÷ row | new connections/s | "
+      f"{WARM} ÷ row |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for p in rows:
+        a, b = fb.get(p), cr.get(p)
+        w(f"| {p} | {fmt(a)} | "
+          + (f"{a / fb['direct']:.2f}" if a and fb.get("direct") else "–") + " | "
+          + (f"{fb[WARM] / a:.2f}" if a and fb.get(WARM) and p != WARM else "–") + " | "
+          + f"{fmt(b)} | "
+          + (f"{cr[WARM] / b:.2f}" if b and cr.get(WARM) and p != WARM else "–") + " |")
+    w("")
+    used = results.get("warm_used", {})
+    if used:
+        w("Warm connections taken by the client end (its "
+          "`dctunnel_warm_connections_used_total`, read before and after each measurement), "
+          "over all runs: "
+          + "; ".join(f"{'first reply byte' if k == 'wan_first_byte' else 'new connections'}: "
+                      f"{u['used']:,} for {u['conns']:,} connections measured"
+                      for k, u in used.items())
+          + " (in the connections/s loop, connections under way when the time is up are "
+          "counted as taken but not as measured).\n")
+
+
 def markdown(results, path, chart_path):
     m = results["meta"]
     s = m["settings"]
     peers = peers_of(results)
-    others = [p for p in peers if p != "dctunnel"]
+    others = [p for p in peers if p not in ("dctunnel", WARM)]
     L = []
     w = L.append
     w("# dctunnel benchmark results\n")
@@ -133,7 +180,9 @@ def markdown(results, path, chart_path):
     w("")
 
     w("## Figures\n")
-    w("Ratio = dctunnel ÷ peer, from the medians of the same run.\n")
+    w("Ratio = dctunnel ÷ peer, from the medians of the same run. The "
+      f"`{WARM}` column is dctunnel with warm connections, measured in the WAN "
+      "workload only; it is compared in [Over the WAN relay](#over-the-wan-relay).\n")
     head = ["metric", "unit", "better"] + peers + [f"÷ {p}" for p in others]
     w("| " + " | ".join(head) + " |")
     w("|" + "---|" * 3 + "---:|" * (len(head) - 3))
@@ -167,12 +216,27 @@ def markdown(results, path, chart_path):
     mem = met.get("memory", {}).get("median", {}).get("dctunnel")
     if mem is not None:
         w(f"- ≤ 23 kB per idle connection, both ends: {mem:.1f} kB — {verdict(mem <= 23)}")
+    wan_fb = met.get("wan_first_byte", {}).get("median", {})
+    if WARM in wan_fb and wan_fb.get("direct"):
+        r = wan_fb[WARM] / wan_fb["direct"]
+        w(f"- First reply byte over the WAN relay, warm connections ≤ 0.6 × direct TCP: "
+          f"{wan_fb[WARM]:.1f} ms ÷ {wan_fb['direct']:.1f} ms = {r:.2f}× — {verdict(r <= 0.6)}")
+    wan_cr = met.get("wan_connrate", {}).get("median", {})
+    if WARM in wan_cr:
+        parts = [f"{wan_cr[WARM] / wan_cr[p]:.2f}× {p}" for p in ("stunnel", "haproxy")
+                 if wan_cr.get(p)]
+        if parts:
+            w(f"- New connections/s over the WAN relay, warm connections well ahead of stunnel "
+              f"and haproxy: {wan_cr[WARM]:,.0f}/s, " + ", ".join(parts))
     held = results.get("held", {}).get("dctunnel")
     if held:
         ok = held["answering"] == held["target"] and not held["errors"] and held["alive"]
         w(f"- {held['target']:,} concurrent connections per end held without error: "
           f"{held['answering']:,} answering, {held['errors']} errors — {verdict(ok)}")
     w("")
+
+    if wan_fb or wan_cr:
+        wan_section(results, w)
 
     if results.get("held"):
         w("## Connections held at once\n")
