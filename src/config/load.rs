@@ -1280,88 +1280,35 @@ impl Context {
 
 /// The keys of a service that it leaves out and `[defaults]` sets.
 fn inherited(own: &RawService, defaults: &RawService) -> Vec<&'static str> {
-    let both = |own: bool, default: bool| !own && default;
-    [
-        ("ca", both(own.ca.is_some(), defaults.ca.is_some())),
-        ("cert", both(own.cert.is_some(), defaults.cert.is_some())),
-        ("key", both(own.key.is_some(), defaults.key.is_some())),
-        ("crl", both(own.crl.is_some(), defaults.crl.is_some())),
-        (
-            "peer_pins",
-            both(own.peer_pins.is_some(), defaults.peer_pins.is_some()),
-        ),
-        (
-            "allow_sources",
-            both(
-                own.allow_sources.is_some(),
-                defaults.allow_sources.is_some(),
-            ),
-        ),
-        (
-            "allow_peers",
-            both(own.allow_peers.is_some(), defaults.allow_peers.is_some()),
-        ),
-        (
-            "max_connections",
-            both(
-                own.max_connections.is_some(),
-                defaults.max_connections.is_some(),
-            ),
-        ),
-        (
-            "max_connections_per_source",
-            both(
-                own.max_connections_per_source.is_some(),
-                defaults.max_connections_per_source.is_some(),
-            ),
-        ),
-        (
-            "connect_timeout",
-            both(
-                own.connect_timeout.is_some(),
-                defaults.connect_timeout.is_some(),
-            ),
-        ),
-        (
-            "handshake_timeout",
-            both(
-                own.handshake_timeout.is_some(),
-                defaults.handshake_timeout.is_some(),
-            ),
-        ),
-        (
-            "idle_timeout",
-            both(own.idle_timeout.is_some(), defaults.idle_timeout.is_some()),
-        ),
-        (
-            "warm_timeout",
-            both(own.warm_timeout.is_some(), defaults.warm_timeout.is_some()),
-        ),
-        (
-            "warm_connections",
-            both(
-                own.warm_connections.is_some(),
-                defaults.warm_connections.is_some(),
-            ),
-        ),
-        (
-            "max_warm_connections",
-            both(
-                own.max_warm_connections.is_some(),
-                defaults.max_warm_connections.is_some(),
-            ),
-        ),
-        (
-            "dead_peer_timeout",
-            both(
-                own.dead_peer_timeout.is_some(),
-                defaults.dead_peer_timeout.is_some(),
-            ),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(field, inherited)| inherited.then_some(field))
-    .collect()
+    macro_rules! left_to_defaults {
+        ($($field:ident),* $(,)?) => {{
+            let mut fields = Vec::new();
+            $(
+                if own.$field.is_none() && defaults.$field.is_some() {
+                    fields.push(stringify!($field));
+                }
+            )*
+            fields
+        }};
+    }
+    left_to_defaults!(
+        ca,
+        cert,
+        key,
+        crl,
+        peer_pins,
+        allow_sources,
+        allow_peers,
+        max_connections,
+        max_connections_per_source,
+        connect_timeout,
+        handshake_timeout,
+        idle_timeout,
+        warm_timeout,
+        warm_connections,
+        max_warm_connections,
+        dead_peer_timeout,
+    )
 }
 
 /// Why the daemon could not replace `path` (renewal writes a new file in
